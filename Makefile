@@ -1,0 +1,29 @@
+# Front doors: make demo | make test | make bench | make lab
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+
+.PHONY: demo test bench lab venv clean
+
+$(VPY): setup.cfg pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $(VPY)
+
+venv: $(VPY)
+
+demo: $(VPY)
+	$(VPY) samples/demo.py
+
+test: $(VPY)
+	$(VPY) -m pytest
+
+bench: $(VPY)
+	$(VPY) bench/run.py
+
+lab:
+	@echo "make lab: the user-mode-linux DMVPN lab is not implemented yet (issue #8)." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,382 @@
+"""The `nhrpbridge` command. Exit codes: 0 ok, 1 failure or invalid config,
+2 usage, 3 daemon unreachable."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG, Config, load_config
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _add_socket_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--socket", metavar="PATH", help="API socket (default: from the config, "
+                   "/run/nhrpbridge/api.sock)")
+    g.add_argument("--state-dir", metavar="DIR", help="talk to the daemon started with "
+                   "`serve --state-dir DIR` (socket DIR/api.sock)")
+    p.add_argument("-c", "--config", metavar="FILE", help=f"config file (default {DEFAULT_CONFIG})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nhrpbridge",
+        description="Bridge libreswan (pluto) to FRR nhrpd: follows the updown hook and the "
+                    "pluto log, keeps an SA database and serves it on unix sockets.",
+        epilog="Run `nhrpbridge COMMAND --help` for each command's options.")
+    parser.add_argument("--version", action="version", version=f"nhrpbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon in the foreground",
+                       description="Run the daemon (foreground; logs to stderr / the journal).")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"config file (default {DEFAULT_CONFIG}; optional with --state-dir)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="keep every runtime path under DIR: spool DIR/spool/, state "
+                        "DIR/state.json, API socket DIR/api.sock; no config file needed, "
+                        "runs unprivileged")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--pluto-log", metavar="FILE|journald",
+                   help="follow pluto's log: a file (ipsec.conf logfile=) or 'journald'")
+    p.add_argument("--ipsec", metavar="CMD", help="the ipsec executable to run (default ipsec)")
+    p.add_argument("--ipsec-conf", metavar="FILE",
+                   help="ipsec.conf defining the profile templates (default /etc/ipsec.conf)")
+    p.add_argument("--pluto-rundir", metavar="DIR", help="pluto's --rundir (whack --rundir)")
+    p.add_argument("--no-pluto", action="store_true",
+                   help="do not run whack at all (no reconciliation, no initiate/terminate)")
+    p.add_argument("--vici-socket", metavar="PATH",
+                   help="serve a VICI-compatible socket for nhrpd at PATH "
+                        "(nhrpd uses /var/run/charon.vici)")
+    p.add_argument("--nhrp-event-socket", metavar="PATH",
+                   help="listen for nhrpd's `nhrp event socket` (authorize-binding)")
+    p.add_argument("--cert-store", metavar="DIR", help="peer certificates (PEM/DER files)")
+    p.add_argument("--policy", metavar="NAME", help="registration policy for every connection")
+
+    p = sub.add_parser("status", help="show links and SAs",
+                       description="Show links, IKE SAs and Child SAs from the daemon.")
+    _add_socket_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object (links, ike-sas, child-sas)")
+    p.add_argument("--connection", metavar="NAME", help="only this connection")
+
+    p = sub.add_parser("events", help="follow the event stream",
+                       description="Subscribe: print the current state, then every change.")
+    _add_socket_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON message per line")
+    p.add_argument("--connection", metavar="NAME", help="only this connection")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N pushed events")
+
+    p = sub.add_parser("check-config", help="check a config file and report every problem",
+                       description="Check a YAML config; print FILE:LINE: field: message "
+                                   "for every problem; exit 1 if there is any.")
+    p.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_CONFIG)
+    p.add_argument("files", nargs="*", metavar="FILE", help="more files to check")
+    p.add_argument("--json", action="store_true")
+
+    for name, hlp in (("initiate", "bring up the link of CONNECTION to HOST"),
+                      ("terminate", "tear down CONNECTION (to HOST only, if given)")):
+        p = sub.add_parser(name, help=hlp, description=hlp[0].upper() + hlp[1:] + ".")
+        _add_socket_args(p)
+        p.add_argument("connection", metavar="CONNECTION")
+        p.add_argument("host", metavar="HOST", nargs="?" if name == "terminate" else None)
+        p.add_argument("--json", action="store_true")
+        if name == "initiate":
+            p.add_argument("--timeout", type=float, metavar="SECONDS")
+        else:
+            p.add_argument("--ike-id", type=int, metavar="N", help="only this IKE SA uniqueid")
+
+    p = sub.add_parser("resync", help="reconcile the daemon with pluto now")
+    _add_socket_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("replay", help="run recorded updown calls through the hook",
+                       description="Replay lab updown log lines (VERB=... CONN=... | PLUTO_*=...) "
+                                   "through the real hook into a spool, as pluto would.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--spool", metavar="DIR", help="spool directory (default from --state-dir)")
+    p.add_argument("--state-dir", metavar="DIR")
+    p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                   help="pause between calls")
+
+    p = sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+# ---- commands ------------------------------------------------------------------
+
+def _config_for(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None)
+    state_dir = getattr(args, "state_dir", None)
+    if path:
+        cfg = load_config(path)
+    elif state_dir:
+        cfg = Config()
+    elif os.path.exists(DEFAULT_CONFIG):
+        cfg = load_config(DEFAULT_CONFIG)
+    else:
+        cfg = Config()
+    if state_dir:
+        cfg = Config.for_state_dir(state_dir, cfg)
+    return cfg
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    if not args.config and not args.state_dir and not os.path.exists(DEFAULT_CONFIG):
+        print(f"nhrpbridge serve: no {DEFAULT_CONFIG}; give -c FILE or --state-dir DIR",
+              file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _config_for(args)
+    overrides: dict[str, Any] = {}
+    for arg, attr in (("log_level", "log_level"), ("pluto_log", "pluto_log"), ("ipsec", "ipsec"),
+                      ("ipsec_conf", "ipsec_conf"), ("pluto_rundir", "pluto_rundir"),
+                      ("vici_socket", "vici_socket"), ("nhrp_event_socket", "event_socket"),
+                      ("cert_store", "cert_store")):
+        if getattr(args, arg, None):
+            overrides[attr] = getattr(args, arg)
+    cfg = replace(cfg, **overrides)
+    setup_logging(cfg.log_level)
+    from .server import Daemon
+    daemon = Daemon(cfg)
+    _attach_optional_parts(daemon, cfg, args)
+    try:
+        asyncio.run(daemon.run())
+    except OSError as exc:
+        logging.getLogger("nhrpbridge").error("cannot start: %s", exc)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -> None:
+    """Wire the optional sources and servers the config asks for."""
+
+
+def setup_logging(level: str) -> None:
+    """stderr; under systemd (JOURNAL_STREAM) with <N> priority prefixes instead of times."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JournalFormatter(logging.Formatter):
+    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+            logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIO.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return args.socket
+    return str(_config_for(args).api_socket)
+
+
+def _client(args: argparse.Namespace, timeout: float | None = 10.0):
+    from .client import ApiClient
+    return ApiClient(_socket_path(args), timeout=timeout)
+
+
+def _unreachable(exc: Exception) -> int:
+    print(f"nhrpbridge: {exc}", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .client import DaemonUnreachable
+    try:
+        with _client(args) as c:
+            req = {"connection": args.connection} if args.connection else {}
+            reply = c.request("list", **req)
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    if not reply.get("ok"):
+        print(f"nhrpbridge: {reply.get('error', {}).get('message')}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        out = {k: reply[k] for k in ("links", "ike-sas", "child-sas", "seq")}
+        print(json.dumps(out, indent=None, sort_keys=True))
+        return EXIT_OK
+    print(format_status(reply))
+    return EXIT_OK
+
+
+def format_status(reply: dict[str, Any]) -> str:
+    """Human tables, in the spirit of `show dmvpn`."""
+    lines = [f"Links ({len(reply['links'])}):"]
+    rows = [("CONNECTION", "LOCAL", "REMOTE", "REMOTE-ID", "CHILDREN", "STATE")]
+    for l in sorted(reply["links"], key=lambda l: (l["connection"], l["remote-host"])):
+        rows.append((l["connection"], l["local-host"], l["remote-host"], l["remote-id"],
+                     str(l["children"]), "up" if l["up"] else "down"))
+    lines += _table(rows)
+    lines.append(f"IKE SAs ({len(reply['ike-sas'])}):")
+    rows = [("ID", "CONNECTION", "SERIAL", "LOCAL", "REMOTE", "REMOTE-ID", "AUTH", "STATE")]
+    for i in reply["ike-sas"]:
+        serial = f"#{i['serial']}" if i.get("serial") else "-"
+        inst = f"[{i['instance']}]" if i.get("instance") else ""
+        rows.append((str(i["uniqueid"]), i["conn-name"] + inst, serial, i["local-host"],
+                     i["remote-host"], i["remote-id"], i.get("auth") or "-", i["state"]))
+    lines += _table(rows)
+    lines.append(f"Child SAs ({len(reply['child-sas'])}):")
+    rows = [("ID", "IKE", "CONNECTION", "LOCAL", "REMOTE", "SPI-IN", "SPI-OUT", "MODE", "STATE")]
+    for c in reply["child-sas"]:
+        rows.append((str(c["uniqueid"]), str(c["ike-uniqueid"]), c["conn-name"], c["local-host"],
+                     c["remote-host"], c["spi-in"], c["spi-out"], c["mode"], c["state"]))
+    lines += _table(rows)
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    if len(rows) == 1:
+        return ["  (none)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .client import DaemonUnreachable
+    try:
+        c = _client(args, timeout=None)
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    with c:
+        req: dict[str, Any] = {"op": "subscribe", "id": 1}
+        if args.connection:
+            req["connection"] = args.connection
+        c.send(req)
+        pushed = 0
+        for msg in c.messages():
+            if msg.get("type") == "reply":
+                if not msg.get("ok"):
+                    print(f"nhrpbridge: {msg['error']['message']}", file=sys.stderr)
+                    return EXIT_FAIL
+                continue
+            print(json.dumps(msg, sort_keys=True) if args.json else format_event(msg), flush=True)
+            if "seq" in msg and msg.get("type") != "synced":
+                pushed += 1
+                if args.count is not None and pushed >= args.count:
+                    return EXIT_OK
+    return EXIT_OK
+
+
+def format_event(msg: dict[str, Any]) -> str:
+    kind = msg.get("type", "?")
+    rec = msg.get("link") or msg.get("child-sa") or msg.get("ike-sa") or {}
+    seq = f"{msg['seq']:>6} " if "seq" in msg else "     - "
+    if kind == "synced":
+        return f"{seq}synced (state above, changes below)"
+    what = f"{rec.get('connection', '')} {rec.get('local-host', '')} -> {rec.get('remote-host', '')}"
+    if "child-sa" in msg:
+        c = msg["child-sa"]
+        what += f" spi {c['spi-in']}/{c['spi-out']}"
+    if "link" in msg:
+        what += f" children={msg['link']['children']}"
+    return f"{seq}{kind:<12} {what}"
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    for path in [args.config, *args.files]:
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}))
+    else:
+        for p in problems:
+            print(p)
+        if not problems:
+            print(f"{', '.join([args.config, *args.files])}: OK")
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def _control(args: argparse.Namespace, op: str, **req: Any) -> int:
+    from .client import DaemonUnreachable
+    try:
+        with _client(args, timeout=None) as c:
+            reply = c.request(op, **{k: v for k, v in req.items() if v is not None})
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    if getattr(args, "json", False):
+        print(json.dumps(reply, sort_keys=True))
+    elif reply.get("ok"):
+        body = {k: v for k, v in reply.items() if k not in ("id", "ok", "type")}
+        print(f"{op}: ok" + (f" {json.dumps(body, sort_keys=True)}" if body else ""))
+    else:
+        err = reply.get("error", {})
+        print(f"{op}: {err.get('code')}: {err.get('message')}", file=sys.stderr)
+    return EXIT_OK if reply.get("ok") else EXIT_FAIL
+
+
+def cmd_initiate(args: argparse.Namespace) -> int:
+    return _control(args, "initiate", connection=args.connection, **{"remote-host": args.host},
+                    timeout=args.timeout)
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    return _control(args, "terminate", connection=args.connection,
+                    **{"remote-host": args.host, "ike-id": args.ike_id})
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    return _control(args, "resync")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay_file
+    if not args.spool and not args.state_dir:
+        print("nhrpbridge replay: give --spool DIR or --state-dir DIR", file=sys.stderr)
+        return EXIT_USAGE
+    spool = args.spool or str(Path(args.state_dir) / "spool")
+    for path in args.files:
+        try:
+            n = replay_file(path, spool, args.delay)
+        except (OSError, ValueError) as exc:
+            print(f"nhrpbridge replay: {path}: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"{path}: {n} hook calls")
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"nhrpbridge {__version__}")
+    return EXIT_OK
+
+
+_COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
+             "check-config": cmd_check_config, "initiate": cmd_initiate,
+             "terminate": cmd_terminate, "resync": cmd_resync, "replay": cmd_replay,
+             "version": cmd_version}

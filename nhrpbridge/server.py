@@ -1,0 +1,304 @@
+"""The daemon: one asyncio loop around the spool, the SA database and the sockets.
+
+Strategy:
+- Start-up order matters (nhrpd-loop.md gotcha 10: a bridge that serves an empty
+  view while pluto holds SAs leaves nhrpd offline for good): load state.json,
+  drop records it already includes, apply the rest of the spool, reconcile with
+  pluto when a pluto adapter is configured, and only then bind the sockets and
+  tell systemd READY=1.
+- Ingest: watchdog pokes an asyncio.Event; the loop applies every pending
+  record in name order, publishes the events, and checkpoints (see spool.py)
+  at most every CHECKPOINT_INTERVAL seconds, then unlinks the included records.
+- Fan-out is synchronous and never awaits a client (api.py drops slow ones).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from .config import Config
+from .errors import PlutoError, RecordError
+from .protocol.exportp import decode_record, is_complete
+from .sadb import Event, SaDatabase
+from .spool import Spool, StateFile
+from .unixsock import bind_unix, group_ids, peer_cred
+from .updown import parse_updown_env
+
+__all__ = ["Daemon", "sd_notify", "CHECKPOINT_INTERVAL"]
+
+log = logging.getLogger("nhrpbridge")
+CHECKPOINT_INTERVAL = 0.5
+POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
+INCOMPLETE_GRACE = 10.0      # a record still without its trailer after this: writer died
+
+
+class Sink(Protocol):
+    def push_event(self, ev: Event) -> None: ...
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.db = SaDatabase()
+        self.spool = Spool(cfg.spool_dir)
+        self.state = StateFile(cfg.state_file)
+        self.sinks: list[Sink] = []
+        self.allowed_gids = group_ids(cfg.control_groups)
+        self.controller: Any = None      # pluto adapter (initiate/terminate), optional
+        self.log_follower: Any = None    # pluto log follower, optional
+        self.extra_state: dict[str, Any] = {}   # other sources' persisted positions
+        self._on_disk: set[str] = set()   # applied, not yet checkpointed: still in the spool
+        self._pending: list[str] = []
+        self._dirty = False
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._socket_paths: list[str] = []
+        self.stats = {"records": 0, "bad-records": 0, "events": 0, "checkpoints": 0}
+
+    # ---- sinks
+
+    def add_sink(self, sink: Sink) -> None:
+        if sink not in self.sinks:
+            self.sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def publish(self, events: list[Event]) -> None:
+        for ev in events:
+            self.stats["events"] += 1
+            log.info("%s seq=%d %s", ev.kind, ev.seq, _describe(ev))
+            for sink in list(self.sinks):
+                sink.push_event(ev)
+
+    def apply(self, change: Any, when: float | None = None) -> list[Event]:
+        """Apply one change from any source, publish, and mark state dirty."""
+        events = self.db.apply(change, self.clock() if when is None else when)
+        if events:
+            self._dirty = True
+            self.publish(events)
+        return events
+
+    # ---- state
+
+    def load_state(self) -> None:
+        self.spool.ensure()
+        self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        try:
+            db_state, applied = self.state.load()
+        except (ValueError, KeyError, TypeError) as exc:
+            dest = self.state.quarantine()
+            log.error("state file unusable (%s); moved to %s, starting empty", exc, dest)
+            db_state, applied = None, set()
+        if db_state is not None:
+            self.db = SaDatabase.from_state(db_state)
+            self.extra_state = db_state.get("extra", {}) if isinstance(db_state, dict) else {}
+            log.info("state loaded: %d IKE SAs, %d Child SAs, seq %d",
+                     len(self.db.ike_sas), len(self.db.child_sas), self.db.seq)
+        done = [n for n in self.spool.pending() if n in applied]
+        if done:
+            log.info("%d spool records were already applied before a restart; removed", len(done))
+            self.spool.remove(done)
+
+    def checkpoint(self) -> None:
+        """Persist the database, then drop the records it includes."""
+        if not self._pending and not self._dirty:
+            return
+        state = self.db.to_state()
+        if self.log_follower is not None:
+            self.extra_state["log"] = self.log_follower.position()
+        state["extra"] = self.extra_state
+        self.state.save(state, self._pending)
+        self.spool.remove(self._pending)
+        self._on_disk.difference_update(self._pending)
+        self._pending = []
+        self._dirty = False
+        self.stats["checkpoints"] += 1
+
+    # ---- ingest
+
+    def ingest_once(self) -> int:
+        """Apply every record in the spool not applied yet; return how many."""
+        count = 0
+        for name in self.spool.pending():
+            if name in self._on_disk:
+                continue
+            try:
+                data, written = self.spool.read(name)
+                if not is_complete(data):
+                    if self.clock() - written < INCOMPLETE_GRACE:
+                        break       # still being written: keep arrival order, retry soon
+                    raise RecordError(f"incomplete after {INCOMPLETE_GRACE:.0f} s (hook killed?)")
+                env = decode_record(data)
+                change = parse_updown_env(env)
+            except FileNotFoundError:
+                continue
+            except (RecordError, OSError) as exc:
+                self.stats["bad-records"] += 1
+                try:
+                    dest = self.spool.set_aside(name)
+                except OSError:
+                    dest = name
+                log.error("spool record %s is unusable (%s); kept as %s", name, exc, dest)
+                continue
+            self._on_disk.add(name)
+            self._pending.append(name)
+            count += 1
+            self.stats["records"] += 1
+            if change is not None:
+                events = self.apply(change, written)
+                if not events and type(change).__name__ == "ChildDown":
+                    log.info("%s for SPIs never announced (%s %s -> %s); reconciliation settles it",
+                             env.get("PLUTO_VERB"), change.conn_name, change.local_host,
+                             change.remote_host)
+        return count
+
+    async def _ingest_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            self.ingest_once()
+            if (self._pending or self._dirty) and self._checkpoint_timer is None:
+                # apply at once, persist a little later: one state write covers a burst
+                self._checkpoint_timer = loop.call_later(CHECKPOINT_INTERVAL, self._timed_checkpoint)
+
+    def _timed_checkpoint(self) -> None:
+        self._checkpoint_timer = None
+        self.ingest_once()
+        self.checkpoint()
+
+    # ---- control (filled in by the pluto adapter)
+
+    async def initiate(self, connection: str, remote: str, local: str | None,
+                       timeout: float | None) -> dict[str, Any]:
+        if self.controller is None:
+            raise PlutoError("no pluto adapter configured", "not-supported")
+        return await self.controller.initiate(connection, remote, local, timeout)
+
+    async def terminate(self, connection: str, remote: str | None,
+                        ike_id: int | None) -> dict[str, Any]:
+        if self.controller is None:
+            raise PlutoError("no pluto adapter configured", "not-supported")
+        return await self.controller.terminate(connection, remote, ike_id)
+
+    async def resync(self) -> dict[str, Any]:
+        self.ingest_once()
+        if self.controller is None:
+            return {"reconciled": False}
+        return await self.controller.reconcile()
+
+    # ---- sockets
+
+    async def serve_unix(self, path: str, mode: int, group: str,
+                         handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> None:
+        sock = bind_unix(path, mode, group)
+        server = await asyncio.start_unix_server(handler, sock=sock, limit=1 << 20)
+        self._servers.append(server)
+        self._socket_paths.append(path)
+        log.info("listening on %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
+
+    async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from .api import ApiConnection
+        cred = peer_cred(writer.get_extra_info("socket"))
+        await ApiConnection(self, writer, cred).serve(reader)
+
+    # ---- life cycle
+
+    async def start(self) -> None:
+        """Everything up to READY=1."""
+        self.load_state()
+        self.ingest_once()
+        if self.log_follower is not None:
+            await self.log_follower.start(self, self.extra_state.get("log"))
+        if self.controller is not None:
+            try:
+                await self.controller.reconcile()
+            except PlutoError as exc:
+                log.warning("initial reconciliation with pluto failed: %s", exc)
+        self.checkpoint()
+        from .sources.watch import DirectoryWatch
+        self._watch = DirectoryWatch(self.cfg.spool_dir, self._wake)
+        self._watch.start()
+        self.cfg.api_socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        await self.serve_unix(str(self.cfg.api_socket), self.cfg.api_mode, self.cfg.api_group,
+                              self._api_client)
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        tasks = [loop.create_task(self._ingest_loop())]
+        if self.controller is not None:
+            tasks.append(loop.create_task(self.controller.run()))
+        log.info("ready: %d IKE SAs, %d Child SAs, %d links up", len(self.db.ike_sas),
+                 len(self.db.child_sas), len(self.db.links))
+        sd_notify("READY=1")
+        if on_ready:
+            on_ready()
+        await self._stop.wait()
+        sd_notify("STOPPING=1")
+        for t in tasks:
+            t.cancel()
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        for path in self._socket_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if getattr(self, "_watch", None):
+            self._watch.stop()
+        if self.log_follower is not None:
+            self.log_follower.stop()
+        self.ingest_once()
+        self.checkpoint()
+        log.info("stopped; state saved (seq %d)", self.db.seq)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _describe(ev: Event) -> str:
+    if ev.link is not None:
+        rec: Any = ev.link
+        extra = f" children={len(ev.link.children)}"
+    else:
+        rec, extra = ev.child_sa or ev.ike_sa, ""
+    if rec is None:
+        return ""
+    return f"{rec.connection} {rec.local_host} -> {rec.remote_host} [{rec.remote_id}]{extra}"

@@ -1,0 +1,1 @@
+"""Producers of SA changes: the updown spool and the pluto log."""

@@ -1,0 +1,111 @@
+"""The spool (hook records) and the state file: the daemon's durable edge.
+
+Strategy (crash safety without a write per record):
+- The hook renames complete records into the spool; names sort in arrival
+  order (`<13-digit seq>-<pid>.rec`). Dotfiles are the hook's temp files.
+- The daemon applies records in memory and keeps the files. A checkpoint writes
+  the SA database plus the names of the records it includes ("applied") to
+  state.json atomically (temp file, fsync, rename), and only then unlinks those
+  records. After `kill -9` at any point, the state file and the spool together
+  hold every record exactly once: records named in "applied" are deleted
+  without being applied again, the rest are applied.
+- A record that cannot be parsed is moved to spool/bad/ and logged: kept for
+  the operator, never silently dropped, never retried forever.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Spool", "StateFile", "RECORD_SUFFIX"]
+
+RECORD_SUFFIX = ".rec"
+STATE_VERSION = 1
+
+
+@dataclass
+class Spool:
+    path: Path
+
+    def ensure(self) -> None:
+        """Create the spool (mode 0700) and its bad/ folder if missing."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.path / "bad").mkdir(mode=0o700, exist_ok=True)
+
+    def pending(self) -> list[str]:
+        """Record names in arrival order."""
+        with os.scandir(self.path) as it:
+            names = [e.name for e in it if e.name.endswith(RECORD_SUFFIX)
+                     and not e.name.startswith(".")]
+        names.sort(key=_order)
+        return names
+
+    def read(self, name: str) -> tuple[bytes, float]:
+        """Record bytes and the time the hook wrote them (when pluto reported)."""
+        with open(self.path / name, "rb") as f:
+            return f.read(), os.fstat(f.fileno()).st_mtime
+
+    def remove(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(self.path / name)
+            except FileNotFoundError:
+                pass
+
+    def set_aside(self, name: str) -> Path:
+        """Move an unparseable record to bad/ for the operator."""
+        dest = self.path / "bad" / name
+        os.replace(self.path / name, dest)
+        return dest
+
+
+def _order(name: str) -> tuple[int, str]:
+    head = name.split("-", 1)[0]
+    return (int(head) if head.isdigit() else 0, name)
+
+
+@dataclass
+class StateFile:
+    path: Path
+
+    def load(self) -> tuple[dict[str, Any] | None, set[str]]:
+        """Return (database state, applied record names); (None, set()) if absent.
+
+        Raises:
+            ValueError: the file exists but is not a state file we wrote.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None, set()
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.path}: not a version {STATE_VERSION} state file")
+        return data["db"], set(data.get("applied", []))
+
+    def save(self, db_state: dict[str, Any], applied: list[str]) -> None:
+        """Write atomically: temp file, fsync, rename, fsync the directory."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        payload = json.dumps({"version": STATE_VERSION, "db": db_state, "applied": applied},
+                             separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def quarantine(self) -> Path:
+        """Move a damaged state file aside so the daemon can start afresh."""
+        dest = self.path.with_name(self.path.name + ".corrupt")
+        os.replace(self.path, dest)
+        return dest

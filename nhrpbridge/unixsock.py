@@ -1,0 +1,100 @@
+"""Binding unix sockets the careful way, and reading the peer's credentials.
+
+asyncio's create_unix_server would silently unlink a live socket (CPython 3.11
+unix_events.py), which for /run/charon.vici means hijacking a running charon. So
+we probe first: a socket that answers belongs to somebody else and we refuse;
+a stale one (ECONNREFUSED) is removed. Mode and group are set right after bind.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+__all__ = ["bind_unix", "PeerCred", "peer_cred", "SocketInUse"]
+
+
+class SocketInUse(OSError):
+    """Something live already answers on the path."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCred:
+    pid: int
+    uid: int
+    gid: int
+
+
+def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
+    """Return a listening AF_UNIX socket at `path` with `mode` and `group`.
+
+    Raises:
+        SocketInUse: a live server answers at `path`.
+        KeyError: `group` does not exist.
+    """
+    if os.path.lexists(path):
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise SocketInUse(errno.EADDRINUSE, f"a live server already answers on {path}")
+        finally:
+            probe.close()
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if gid >= 0:
+            os.chown(path, -1, gid)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def peer_cred(sock: socket.socket) -> PeerCred:
+    """SO_PEERCRED of a connected unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCred(pid, uid, gid)
+
+
+def group_ids(names: tuple[str, ...] | list[str]) -> set[int]:
+    """gids of the named groups; unknown names are ignored (config check warns)."""
+    out = set()
+    for name in names:
+        try:
+            out.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    return out
+
+
+def may_control(cred: PeerCred, allowed_gids: set[int]) -> bool:
+    """Control ops: root, our own uid (an unprivileged --state-dir daemon's owner),
+    or a member (primary or supplementary) of an allowed group."""
+    if cred.uid in (0, os.getuid()):
+        return True
+    if cred.gid in allowed_gids:
+        return True
+    try:
+        import pwd
+        name = pwd.getpwuid(cred.uid).pw_name
+    except KeyError:
+        return False
+    return any(name in grp.getgrgid(g).gr_mem for g in allowed_gids)
