@@ -71,6 +71,14 @@ class ApiConnection:
             return
         self.send(event_dict(ev))
 
+    def push_notice(self, msg: dict[str, Any]) -> None:
+        """Operator notices (liveness timeout, revival, updown failure); no seq."""
+        if self.subscribed is False:
+            return
+        if self.subscribed is not None and msg.get("connection") != self.subscribed:
+            return
+        self.send(msg)
+
     def close(self, abort: bool = False) -> None:
         if self.closed:
             return

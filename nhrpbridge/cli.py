@@ -176,6 +176,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -> None:
     """Wire the optional sources and servers the config asks for."""
+    if not getattr(args, "no_pluto", False):
+        from .control import PlutoController
+        from .pluto import Whack
+        daemon.controller = PlutoController(daemon, Whack(
+            ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
+    if cfg.pluto_log:
+        from .sources.logfollow import make_follower
+        daemon.log_follower = make_follower(cfg.pluto_log)
 
 
 def setup_logging(level: str) -> None:
@@ -188,6 +196,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("watchdog").setLevel(logging.WARNING)   # its debug is per inotify event
 
 
 class _JournalFormatter(logging.Formatter):

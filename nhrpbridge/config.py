@@ -28,7 +28,7 @@ DEFAULT_CONFIG = "/etc/nhrpbridge/nhrpbridge.yaml"
 MAX_PROBLEMS = 50
 LOG_LEVELS = ("debug", "info", "warning", "error")
 POLICIES = ("gre-ip-in-cert-san", "gre-prefix-by-peer-id", "any-authenticated", "deny")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def _walk_connections(col: _Collector, node: yaml.Node, conns: dict[str, ConnCon
     for k, v in col.mapping(node, "connections"):
         name = k.value
         fld = f"connections.{name}"
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             col.add(k, fld, "connection names are letters, digits, '.', '_', '-' (max 64)")
             continue
         kw: dict[str, Any] = {}

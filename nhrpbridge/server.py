@@ -67,6 +67,8 @@ class Daemon:
         self.allowed_gids = group_ids(cfg.control_groups)
         self.controller: Any = None      # pluto adapter (initiate/terminate), optional
         self.log_follower: Any = None    # pluto log follower, optional
+        from .plutolog import LogInterpreter
+        self.log_interp = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other sources' persisted positions
         self._on_disk: set[str] = set()   # applied, not yet checkpointed: still in the spool
         self._pending: list[str] = []
@@ -102,6 +104,34 @@ class Daemon:
             self._dirty = True
             self.publish(events)
         return events
+
+    def apply_log_lines(self, lines: list[str]) -> None:
+        """Lines from pluto's log: enrich and correct the database, relay notices."""
+        from .plutolog import Notice, parse_line
+        for text in lines:
+            parsed = parse_line(text)
+            if parsed is None:
+                continue
+            for item in self.log_interp.feed(parsed):
+                if isinstance(item, Notice):
+                    self.publish_notice(item)
+                else:
+                    self.apply(item)
+        self._dirty = True      # the log position moved: checkpoint it
+        self._wake.set()
+
+    def publish_notice(self, notice: Any) -> None:
+        """Operator-relevant facts that change no SA: logged, and pushed without seq."""
+        level = logging.WARNING if notice.kind in ("liveness-timeout", "updown-failed") \
+            else logging.INFO
+        log.log(level, "pluto %s: %s %s #%s: %s", notice.kind, notice.conn, notice.peer or "",
+                notice.serial, notice.text)
+        msg = {"type": "notice", "kind": notice.kind, "connection": notice.conn,
+               "remote-host": notice.peer, "serial": notice.serial, "text": notice.text}
+        for sink in list(self.sinks):
+            push = getattr(sink, "push_notice", None)
+            if push:
+                push(msg)
 
     # ---- state
 
@@ -185,7 +215,11 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            self.ingest_once()
+            try:
+                self.ingest_once()
+            except Exception:     # a bug must not stop ingestion for good
+                log.exception("ingesting the spool failed; retrying")
+                await asyncio.sleep(1)
             if (self._pending or self._dirty) and self._checkpoint_timer is None:
                 # apply at once, persist a little later: one state write covers a burst
                 self._checkpoint_timer = loop.call_later(CHECKPOINT_INTERVAL, self._timed_checkpoint)
@@ -237,8 +271,9 @@ class Daemon:
         self.load_state()
         self.ingest_once()
         if self.log_follower is not None:
-            await self.log_follower.start(self, self.extra_state.get("log"))
+            await self.log_follower.start(self.apply_log_lines, self.extra_state.get("log"))
         if self.controller is not None:
+            self.controller.restore(self.extra_state.get("per-peer"))
             try:
                 await self.controller.reconcile()
             except PlutoError as exc:
@@ -284,7 +319,7 @@ class Daemon:
         if getattr(self, "_watch", None):
             self._watch.stop()
         if self.log_follower is not None:
-            self.log_follower.stop()
+            await self.log_follower.aclose()
         self.ingest_once()
         self.checkpoint()
         log.info("stopped; state saved (seq %d)", self.db.seq)

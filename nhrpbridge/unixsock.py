@@ -56,10 +56,13 @@ def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        # listen before chmod: the path is connectable the moment it is final, so a
+        # client that sees the file is never refused; until chmod runs, the umask
+        # (no write bit for others) keeps everybody but us out
+        sock.listen(512)
         os.chmod(path, mode)
         if gid >= 0:
             os.chown(path, -1, gid)
-        sock.listen(128)
         sock.setblocking(False)
     except BaseException:
         sock.close()

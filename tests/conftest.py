@@ -40,9 +40,10 @@ def wait_until(cond, timeout=10.0, step=0.02, what="condition"):
 class DaemonProc:
     """`nhrpbridge serve --state-dir DIR` as a real process."""
 
-    def __init__(self, state_dir: Path, *extra: str):
+    def __init__(self, state_dir: Path, *extra: str, pluto: bool = False):
         self.state_dir = Path(state_dir)
         self.extra = list(extra)
+        self.pluto = pluto          # False: --no-pluto (no whack at all)
         self.proc: subprocess.Popen | None = None
         self.log = self.state_dir.parent / (self.state_dir.name + ".log")
 
@@ -55,7 +56,7 @@ class DaemonProc:
         if sock.exists():
             sock.unlink()
         args = [sys.executable, "-m", "nhrpbridge", "serve", "--state-dir", str(self.state_dir),
-                "--no-pluto", "--log-level", "debug", *self.extra]
+                *([] if self.pluto else ["--no-pluto"]), "--log-level", "debug", *self.extra]
         self.proc = subprocess.Popen(args, cwd=ROOT, stderr=open(self.log, "a"),
                                      stdin=subprocess.DEVNULL)
         if wait:
@@ -79,6 +80,8 @@ def daemon(sockdir):
     d = DaemonProc(sockdir / "state")
     yield d
     d.kill9()
+    if d.log.exists():   # pytest shows this only when the test failed
+        print("---- daemon log (tail) ----\n" + "\n".join(d.log.read_text().splitlines()[-40:]))
 
 
 def run_hook(env: dict, spool, *args: str, shell: str = "/bin/sh") -> subprocess.CompletedProcess:

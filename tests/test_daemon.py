@@ -195,10 +195,11 @@ def test_subscribe_during_burst_every_seq_exactly_once(daemon):
     def writer():
         for i in range(total):
             write_record(spool, i + 1, up_env(peer=peer(i + 1), spi_in=hex(i + 1)))
+            time.sleep(0.003)          # a burst lasting ~2 s, so the subscribe lands inside it
 
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: status(daemon.socket)["seq"] > 30, what="burst under way")
     seen_dump, stream = [], []
     synced = None
     with ApiClient(daemon.socket, timeout=30) as c:
@@ -209,6 +210,8 @@ def test_subscribe_during_burst_every_seq_exactly_once(daemon):
             if synced is None:
                 if msg["type"] == "synced":
                     synced = msg["seq"]
+                    if synced == 3 * total:
+                        break
                 else:
                     seen_dump.append(msg)
                 continue
@@ -247,6 +250,8 @@ def test_subscriber_that_never_reads_is_dropped_others_keep_up(daemon):
     big = "CN=" + "x" * 1800
     for i in range(n):
         write_record(spool, i + 1, up_env(peer=peer(i + 1), peer_id=big + str(i)))
+        if i % 100 == 99:
+            time.sleep(0.05)     # a reading client keeps up; one that never reads cannot
     t.join(60)
     fast.close()
     assert got == list(range(1, 3 * n + 1))

@@ -1,0 +1,308 @@
+"""Initiate, terminate and reconcile: pluto is the truth, one request per peer at a time.
+
+Strategy (reference/nhrpd-loop.md gotchas 2, 3, 4, 10):
+- Requests for the same (profile, local, remote) join one in-flight attempt: one
+  whack call however many callers (both spokes of a shortcut ask within
+  100-300 ms; nhrpd may repeat itself).
+- Just before whack runs, `--showstates` is consulted: if pluto already holds a
+  half-open state or a Child SA with that peer on *any* conn (e.g. the peer is
+  initiating to our template), we wait for it instead of starting a second
+  negotiation, which 4.10 answers with `cannot install eroute -- it is in use`
+  and a one-sided delete.
+- A link that comes up by any route (peer-initiated too) satisfies the waiters.
+- libreswan 4.x `--remote-host` picks the newest instance of the template, so we
+  manage per-peer conns `T-<peer>` = `also=T-base` + `right=<peer>` in
+  STATE_DIR/peers.conf (which includes the operator's ipsec.conf) and delete
+  them after `per-peer-idle` seconds down. (4.10 refuses `also=T` + `right=`
+  when T sets right=%any: "duplicate key 'right'", hence the -base conn.)
+- Reconciliation replaces the hook's partial view with pluto's own at start,
+  every `reconcile-interval` s, after each initiate/terminate and on `resync`.
+  "Pluto is not running" means no SAs: every link goes down. Any other whack
+  failure changes nothing (never serve an empty view while pluto holds SAs).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PlutoError
+from .pluto import (Result, Runner, Whack, check_conn_name, check_ip, error_for,
+                    parse_showstates, parse_trafficstatus, parse_version, per_peer_name,
+                    pluto_view, subprocess_runner)
+from .sadb import Event, Reconcile, link_dict
+
+if TYPE_CHECKING:
+    from .server import Daemon
+
+__all__ = ["PlutoController"]
+
+log = logging.getLogger("nhrpbridge.pluto")
+
+
+@dataclass
+class PerPeer:
+    profile: str
+    remote: str
+    down_since: float | None = None
+
+
+class PlutoController:
+    def __init__(self, daemon: "Daemon", whack: Whack, run: Runner = subprocess_runner,
+                 clock: Any = time.monotonic):
+        self.daemon = daemon
+        self.cfg = daemon.cfg
+        self.whack = whack
+        self.run_cmd = run
+        self.clock = clock
+        self.version_known = self.cfg.libreswan_version != "auto"
+        if self.version_known:
+            whack.version = (int(self.cfg.libreswan_version), 0)
+        self.inflight: dict[tuple[str, str | None, str], asyncio.Task] = {}
+        self.waiters: list[tuple[str, str, str | None, asyncio.Future]] = []
+        self.per_peer: dict[str, PerPeer] = {}
+        self.peers_conf = Path(self.cfg.state_dir) / "peers.conf"
+        self.stats = {"whack-calls": 0, "initiates": 0, "joined": 0, "skipped-race": 0}
+        daemon.add_sink(self)
+
+    # ---- running whack
+
+    async def call(self, argv: list[str], what: str, timeout: float | None = None) -> Result:
+        self.stats["whack-calls"] += 1
+        log.debug("running %s", argv)
+        result = await self.run_cmd(argv, timeout or self.cfg.whack_timeout)
+        if result.rc != 0:
+            raise error_for(result, what)
+        return result
+
+    async def detect_version(self) -> None:
+        if self.version_known:
+            return
+        result = await self.run_cmd([self.whack.ipsec, "--version"], self.cfg.whack_timeout)
+        self.whack.version = parse_version(result.stdout + result.stderr)
+        self.version_known = True
+        log.info("libreswan %d.%d", *self.whack.version)
+
+    # ---- reconciliation
+
+    async def view(self) -> Reconcile:
+        states = await self.call(self.whack.showstates(), "whack --showstates")
+        traffic = await self.call(self.whack.trafficstatus(), "whack --trafficstatus")
+        hint = {c.conn_name: c.local_host for c in self.daemon.db.child_sas.values()}
+        return pluto_view(parse_showstates(states.stdout), parse_trafficstatus(traffic.stdout), hint)
+
+    async def reconcile(self) -> dict[str, Any]:
+        try:
+            await self.detect_version()
+            view = await self.view()
+        except PlutoError as exc:
+            if exc.code != "pluto-not-running":
+                raise
+            log.warning("pluto is not running: no SA can exist")
+            view = Reconcile((), ())
+        events = self.daemon.apply(view)
+        if events:
+            log.info("reconciled with pluto: %d changes", len(events))
+        return {"reconciled": True, "changes": len(events), "seq": self.daemon.db.seq}
+
+    # ---- events from the daemon (we are a sink)
+
+    def push_event(self, ev: Event) -> None:
+        if ev.kind not in ("link-up", "link-down") or ev.link is None:
+            return
+        link = ev.link
+        for name, pp in self.per_peer.items():
+            if pp.profile == link.connection and pp.remote == link.remote_host:
+                pp.down_since = None if ev.kind == "link-up" else self.clock()
+        if ev.kind != "link-up":
+            return
+        for waiter in list(self.waiters):
+            conn, remote, local, fut = waiter
+            if conn == link.connection and remote == link.remote_host \
+                    and local in (None, link.local_host) and not fut.done():
+                fut.set_result(link)
+
+    def push_notice(self, msg: dict[str, Any]) -> None:
+        pass
+
+    # ---- initiate
+
+    def _link_up(self, conn: str, remote: str, local: str | None) -> Any:
+        links = [l for l in self.daemon.db.find_link(conn, remote, local) if l.up]
+        return links[0] if links else None
+
+    async def initiate(self, conn: str, remote: str, local: str | None = None,
+                       timeout: float | None = None, wait: bool = True) -> dict[str, Any]:
+        """Bring up the link (conn, local, remote); reply when it is up or failed."""
+        check_conn_name(conn)
+        remote = check_ip(remote)
+        if local is not None:
+            local = check_ip(local)
+        if (link := self._link_up(conn, remote, local)) is not None:
+            return {"result": "already-up", "link": link_dict(link)}
+        key = (conn, local, remote)
+        timeout = self.cfg.initiate_timeout if timeout is None else float(timeout)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        self.waiters.append((conn, remote, local, fut))
+        try:
+            task = self.inflight.get(key)
+            if task is None:
+                task = loop.create_task(self._start(conn, remote, local))
+                self.inflight[key] = task
+                task.add_done_callback(lambda t, k=key: self.inflight.pop(k, None))
+            else:
+                self.stats["joined"] += 1
+            how = await asyncio.shield(task)        # raises PlutoError if whack failed
+            if not wait:
+                return {"result": how}
+            try:
+                link = await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise PlutoError(f"link {conn} to {remote} not up after {timeout:g} s",
+                                 "timeout") from None
+            return {"result": "up", "how": how, "link": link_dict(link)}
+        finally:
+            self.waiters.remove((conn, remote, local, fut))
+
+    async def _start(self, conn: str, remote: str, local: str | None) -> str:
+        """One attempt per key: race check, per-peer conn, whack --initiate."""
+        self.stats["initiates"] += 1
+        await self.detect_version()
+        states = parse_showstates((await self.call(self.whack.showstates(),
+                                                   "whack --showstates")).stdout)
+        name = per_peer_name(conn, remote) if self._per_peer(conn) else conn
+        busy = [s for s in states if (s.peer == remote or s.conn == name)
+                and (not s.established or s.is_child)]
+        if busy:
+            self.stats["skipped-race"] += 1
+            log.info("initiate %s -> %s: pluto already has %s; waiting for it", conn, remote,
+                     ", ".join(f"#{s.serial} {s.name}" for s in busy[:3]))
+            asyncio.get_running_loop().create_task(self._quiet_reconcile())
+            return "joined-pluto-state"
+        if self._per_peer(conn):
+            await self._ensure_per_peer(conn, remote, name)
+            await self.call(self.whack.initiate(name), f"whack --initiate {name}")
+        else:
+            await self.call(self.whack.initiate(conn, remote), f"whack --initiate {conn}")
+        log.info("initiate %s -> %s: whack --initiate --name %s sent", conn, remote, name)
+        return "initiated"
+
+    def _per_peer(self, conn: str) -> bool:
+        mode = self.cfg.connections[conn].per_peer if conn in self.cfg.connections else "auto"
+        # auto: per-peer on every version until the lab verifies 5.x --remote-host
+        return mode != "no"
+
+    async def _ensure_per_peer(self, profile: str, remote: str, name: str) -> None:
+        if name in self.per_peer:
+            return
+        self.per_peer[name] = PerPeer(profile, remote)
+        self._write_peers_conf()
+        try:
+            result = await self.call(self.whack.addconn(str(self.peers_conf), name),
+                                     f"addconn {name}")
+        except PlutoError:
+            del self.per_peer[name]
+            self._write_peers_conf()
+            raise
+        if result.stderr.strip():     # 4.10 exits 0 on per-conn errors: stderr is the verdict
+            del self.per_peer[name]
+            self._write_peers_conf()
+            raise PlutoError(f"addconn {name}: {result.stderr.strip().splitlines()[-1]} "
+                             f"(per-peer conns need `conn {profile}-base`, see README)",
+                             "bad-ipsec-conf")
+        self.daemon.extra_state["per-peer"] = {n: [p.profile, p.remote]
+                                               for n, p in self.per_peer.items()}
+
+    def _write_peers_conf(self) -> None:
+        lines = ["# generated by nhrpbridge: per-peer conns (libreswan 4.x), do not edit",
+                 f"include {self.cfg.ipsec_conf}", ""]
+        for name, pp in sorted(self.per_peer.items()):
+            lines += [f"conn {name}", f"\talso={pp.profile}-base", f"\tright={pp.remote}",
+                      "\tauto=add", ""]
+        tmp = self.peers_conf.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines))
+        os.replace(tmp, self.peers_conf)
+
+    async def _quiet_reconcile(self) -> None:
+        try:
+            await self.reconcile()
+        except PlutoError as exc:
+            log.warning("reconciliation failed: %s", exc)
+
+    # ---- terminate
+
+    async def terminate(self, conn: str, remote: str | None = None,
+                        ike_id: int | None = None) -> dict[str, Any]:
+        """Tear down a connection, one peer of it, or one IKE SA; leave it down."""
+        check_conn_name(conn)
+        await self.detect_version()
+        calls: list[list[str]] = []
+        if ike_id is not None:
+            ike = self.daemon.db.ike_sas.get(ike_id)
+            if ike is None or ike.connection != conn:
+                raise PlutoError(f"no IKE SA {ike_id} on {conn}", "unknown-sa")
+            if ike.serial is None:
+                await self.reconcile()
+                ike = self.daemon.db.ike_sas.get(ike_id)
+                if ike is None or ike.serial is None:
+                    raise PlutoError(f"IKE SA {ike_id} has no pluto serial yet", "unknown-sa")
+            calls.append(self.whack.delete_ike(ike.serial))
+        elif remote is not None:
+            remote = check_ip(remote)
+            name = per_peer_name(conn, remote)
+            if name in self.per_peer:
+                calls.append(self.whack.terminate_conn(name))     # clears UP: no revival
+            states = parse_showstates((await self.call(self.whack.showstates(),
+                                                       "whack --showstates")).stdout)
+            for s in states:
+                if s.peer == remote and not s.is_child and s.conn != name:
+                    calls.append(self.whack.delete_ike(s.serial))
+        else:
+            calls.append(self.whack.terminate_conn(conn))
+            calls += [self.whack.terminate_conn(n) for n, p in self.per_peer.items()
+                      if p.profile == conn]
+        for argv in calls:
+            await self.call(argv, " ".join(argv[2:]))
+        await self._quiet_reconcile()
+        return {"terminated": len(calls)}
+
+    # ---- background duties
+
+    async def run(self) -> None:
+        """Periodic reconciliation and per-peer conn clean-up."""
+        interval = self.cfg.reconcile_interval
+        while True:
+            await asyncio.sleep(interval if interval > 0 else 3600)
+            if interval > 0:
+                await self._quiet_reconcile()
+            await self.expire_per_peer()
+
+    async def expire_per_peer(self) -> None:
+        now = self.clock()
+        for name, pp in list(self.per_peer.items()):
+            if self._link_up(pp.profile, pp.remote, None) is not None:
+                pp.down_since = None
+                continue
+            if pp.down_since is None:
+                pp.down_since = now
+            if now - pp.down_since >= self.cfg.per_peer_idle:
+                try:
+                    await self.call(self.whack.delete_conn(name), f"whack --delete {name}")
+                except PlutoError as exc:
+                    if exc.code != "unknown-connection":
+                        log.warning("deleting idle per-peer conn %s: %s", name, exc)
+                        continue
+                del self.per_peer[name]
+                self._write_peers_conf()
+                log.info("per-peer conn %s deleted after %g s down", name, self.cfg.per_peer_idle)
+        self.daemon.extra_state["per-peer"] = {n: [p.profile, p.remote]
+                                               for n, p in self.per_peer.items()}
+
+    def restore(self, saved: dict[str, list[str]] | None) -> None:
+        for name, (profile, remote) in (saved or {}).items():
+            self.per_peer[name] = PerPeer(profile, remote)

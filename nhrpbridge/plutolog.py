@@ -1,0 +1,362 @@
+"""Pure parser for pluto's log (libreswan 4.x and 5.x) and its interpretation.
+
+Strategy:
+- `parse_line(text)` turns one line into a `LogLine` or None. It strips the
+  optional prefixes (logfile `Nov 30 00:21:51.074335: `, syslog
+  `Nov 30 00:21:51 host pluto[123]: `, journald-free whack codes `003 `, and
+  `ERROR: `/`warning: `), then the anatomy `"conn"[N] peer #serial: message`
+  (reference/libreswan.md §5.2). Lines without a quoted connection or a `#N`
+  serial cost one `str.find` and are dropped: pluto logs far more than we use.
+- Messages are recognised by a cheap keyword test first and a regex second;
+  each kind has both its 4.x and its 5.x wording (§5.3). Unknown lines never
+  raise.
+- `LogInterpreter` (stateful, still pure) remembers per serial what earlier lines
+  said (peer from `sent IKE_SA_INIT request to`, instance switches, the IKE
+  SA a child uses, the authenticated ID) and turns lines into SA database
+  changes (IkeUp, ChildUp, ChildDown, IkeDown, rekeys) plus notices for the
+  operator (liveness timeout, revival, updown failure).
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sadb import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp
+from .updown import profile_of
+
+__all__ = ["LogLine", "Notice", "parse_line", "LogInterpreter"]
+
+_TIME_LOGFILE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d+: ")
+_TIME_SYSLOG = re.compile(r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ pluto\[\d+\]: ")
+_HEAD = re.compile(
+    r'^"(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?(?: (?:\.\.\.)?(?P<peer>[0-9a-fA-F.:]+))?'
+    r'(?: #(?P<serial>\d+))?: ')
+_SERIAL_ONLY = re.compile(r"^#(?P<serial>\d+): ")
+
+_ESTABLISHED = re.compile(r"^(?P<role>initiator|responder) established (?P<what>IKE|Child) SA")
+_AUTH_CERT4 = re.compile(r"authenticated peer '(?P<alg>[^']*)' digital signature using peer "
+                         r"certificate '(?P<subject>(?:[^']|'(?! issued))*)' issued by CA '(?P<issuer>.*)'$")
+_AUTH_CERT5 = re.compile(r"authenticated peer certificate '(?P<subject>(?:[^']|'(?! and ))*)' and "
+                         r"(?P<alg>.*?) digital signature issued by '(?P<issuer>.*)'$")
+_AUTH_ID = re.compile(r"authenticated peer using authby=(?P<authby>\S+) and (?P<idtype>\S+) '(?P<id>.*)'$")
+_USING = re.compile(r"using #(?P<ike>\d+)")
+_MODE = re.compile(r"IPsec (?P<mode>transport|tunnel) \[(?P<sel>[^\]]*)\](?: -> \[(?P<sel2>[^\]]*)\])?")
+_SPIS = re.compile(r"\{(?P<proto>ESP|AH)(?:/ESN)?=>0x(?P<out>[0-9a-fA-F]+) <0x(?P<in>[0-9a-fA-F]+)")
+_REKEYED = re.compile(r"^(?:initiator|responder) rekeyed (?P<what>IKE|Child) SA #(?P<old>\d+)")
+_DELETING_STATE = re.compile(r"^deleting state \((?P<state>[A-Z0-9_]+)\)")
+_TIMEOUT = re.compile(r"(?P<secs>[\d.]+) second timeout exceeded after (?P<n>\d+) retransmits")
+_SENT_INIT = re.compile(r"^sent IKE_SA_INIT request to (?P<addr>\[?[0-9a-fA-F.:]+?\]?):(?P<port>\d+)")
+_SWITCHED = re.compile(r'^switched to "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?')
+_UPDOWN_FAIL4 = re.compile(r"^(?P<verb>[a-z]+-(?:host|client)(?:-v6)?) command exited with (?P<how>status|signal) (?P<n>\d+)")
+_UPDOWN_FAIL5 = re.compile(r'command "(?P<verb>[a-z-]+)": exited with (?P<how>status|signal) (?P<n>\d+)')
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One recognised line: who it is about and what happened."""
+
+    kind: str                      # see _classify
+    conn: str
+    instance: int | None
+    peer: str | None
+    serial: int | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the operator should hear about, not an SA change."""
+
+    kind: str                      # liveness-timeout, revival, updown-failed, ...
+    conn: str
+    peer: str | None
+    serial: int | None
+    text: str
+
+
+def _strip_prefix(text: str) -> tuple[str, str]:
+    """Remove timestamps, whack codes and severity; return (severity, rest)."""
+    if text[:1].isalnum() and (m := _TIME_LOGFILE.match(text) or _TIME_SYSLOG.match(text)):
+        text = text[m.end():]
+    if len(text) > 4 and text[3] == " " and text[:3].isdigit():
+        text = text[4:]
+    severity = ""
+    if text.startswith("ERROR: "):
+        severity, text = "error", text[7:]
+    elif text.startswith("warning: "):
+        severity, text = "warning", text[9:]
+    return severity, text
+
+
+def parse_line(text: str) -> LogLine | None:
+    """Parse one pluto log line; None if it says nothing we use. Never raises."""
+    q = text.find('"')
+    if q < 0 and "#" not in text:
+        return None
+    try:
+        severity, rest = _strip_prefix(text.rstrip("\r\n"))
+        m = _HEAD.match(rest)
+        if m is None:
+            return None
+        msg = rest[m.end():]
+        inst = m.group("inst")
+        serial = m.group("serial")
+        kind, data = _classify(msg)
+        if kind is None:
+            return None
+        if severity:
+            data["severity"] = severity
+        return LogLine(kind, m.group("conn"), int(inst) if inst else None, m.group("peer"),
+                       int(serial) if serial else None, data)
+    except (ValueError, IndexError):
+        return None
+
+
+def _classify(msg: str) -> tuple[str | None, dict[str, Any]]:
+    c = msg[:1]
+    if c in "ir" and " established " in msg[:24]:
+        return _established(msg)
+    if c in "ir" and " rekeyed " in msg[:20]:
+        m = _REKEYED.match(msg)
+        if m:
+            kind = "ike-rekeyed" if m.group("what") == "IKE" else "child-rekeyed"
+            data: dict[str, Any] = {"old": int(m.group("old"))}
+            if kind == "child-rekeyed":
+                data.update(_child_details(msg))
+            return kind, data
+    if c == "d":
+        if msg.startswith("deleting state ("):
+            m = _DELETING_STATE.match(msg)
+            state = m.group("state") if m else ""
+            what = "child-deleted" if "CHILD" in state or state.endswith("_IPSEC_SA") else "ike-deleted"
+            return what, {"state": state, "notify": "NOT sending" not in msg}
+        if msg.startswith("deleting IKE SA"):
+            return "ike-deleted", {"revive": "remain up" in msg}
+        if msg.startswith("deleting Child SA") or msg.startswith("deleting established Child SA"):
+            return "child-deleted", {}
+        if msg.startswith("deleting connection instance"):
+            return "instance-deleted", {}
+    if msg.startswith("sent INFORMATIONAL request to delete established Child SA"):
+        return "child-deleted", {}
+    if msg.startswith("ESP traffic information") or msg.startswith("AH traffic information"):
+        return "child-deleted", {}
+    if "second timeout exceeded" in msg:
+        m = _TIMEOUT.search(msg)
+        return "liveness-timeout", {"seconds": float(m.group("secs")) if m else None, "text": msg}
+    if "supposed to remain up" in msg:
+        return "revival", {"text": msg}
+    if msg.startswith("liveness action"):
+        return "liveness-action", {"text": msg}
+    if c == "s":
+        if msg.startswith("sent IKE_SA_INIT request to "):
+            m = _SENT_INIT.match(msg)
+            if m:
+                return "ike-init", {"addr": m.group("addr").strip("[]"), "port": int(m.group("port"))}
+        elif msg.startswith("switched to "):
+            m = _SWITCHED.match(msg)
+            if m:
+                return "switched", {"to-conn": m.group("conn"),
+                                    "to-instance": int(m.group("inst")) if m.group("inst") else None}
+    if "exited with" in msg:
+        m = _UPDOWN_FAIL4.match(msg) or _UPDOWN_FAIL5.search(msg)
+        if m:
+            return "updown-failed", {"verb": m.group("verb"), "how": m.group("how"),
+                                     "status": int(m.group("n")), "text": msg}
+    return None, {}
+
+
+def _established(msg: str) -> tuple[str | None, dict[str, Any]]:
+    m = _ESTABLISHED.match(msg)
+    if m is None:
+        return None, {}
+    data: dict[str, Any] = {"initiator": m.group("role") == "initiator"}
+    if m.group("what") == "IKE":
+        if a := _AUTH_CERT4.search(msg) or _AUTH_CERT5.search(msg):
+            data.update(auth="cert", subject=a.group("subject"), issuer=a.group("issuer"),
+                        signature=a.group("alg"))
+        elif a := _AUTH_ID.search(msg):
+            data.update(auth=a.group("authby"), id=a.group("id"), idtype=a.group("idtype"))
+        return "ike-established", data
+    data.update(_child_details(msg))
+    return "child-established", data
+
+
+def _child_details(msg: str) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if u := _USING.search(msg):
+        data["ike"] = int(u.group("ike"))
+    if s := _SPIS.search(msg):
+        data.update(protocol=s.group("proto"), spi_out=int(s.group("out"), 16),
+                    spi_in=int(s.group("in"), 16))
+    if md := _MODE.search(msg):
+        data["mode"] = md.group("mode").upper()
+        local, remote = _selector_hosts(md.group("sel"), md.group("sel2"))
+        if local:
+            data["local-ts"], data["remote-ts"] = local, remote
+    return data
+
+
+def _selector_hosts(sel: str, sel2: str | None) -> tuple[str | None, str | None]:
+    """First address of each side: 4.x `a-b:p-p 47` -> `c-d...`, 5.x `a/32/GRE/0===b/32`."""
+    if sel2 is not None:
+        left, right = sel, sel2
+    elif "===" in sel:
+        left, right = sel.split("===", 1)
+    else:
+        return None, None
+
+    def first(s: str) -> str | None:
+        token = s.strip().split(" ", 1)[0]
+        if token.count(":") == 1 and "-" in token:      # 4.x IPv4 range:port
+            token = token.split(":", 1)[0]
+        token = token.split("/", 1)[0].split("-", 1)[0]
+        try:
+            return str(ipaddress.ip_address(token))
+        except ValueError:
+            return None
+    return first(left), first(right)
+
+
+# ---- interpretation ------------------------------------------------------------
+
+@dataclass
+class _StateMemo:
+    conn: str
+    instance: int | None
+    peer: str | None = None
+    port: int | None = None
+    ike: int | None = None            # for a child: the IKE serial it uses
+    remote_id: str = ""
+
+
+class LogInterpreter:
+    """Turns parsed lines into SA changes, remembering what earlier lines said."""
+
+    MAX_MEMO = 100_000                 # serials remembered (oldest forgotten first)
+
+    def __init__(self) -> None:
+        self.states: dict[int, _StateMemo] = {}
+
+    def feed(self, line: LogLine) -> list[Any]:
+        """Return sadb changes and Notices implied by one line."""
+        memo = None
+        if line.serial is not None:
+            memo = self.states.get(line.serial)
+            if memo is None:
+                memo = self.states[line.serial] = _StateMemo(line.conn, line.instance, line.peer)
+                if len(self.states) > self.MAX_MEMO:
+                    del self.states[next(iter(self.states))]
+            else:
+                memo.conn, memo.instance = line.conn, line.instance or memo.instance
+                memo.peer = line.peer or memo.peer
+        handler = getattr(self, "_" + line.kind.replace("-", "_"), None)
+        return handler(line, memo) if handler else []
+
+    def _peer(self, line: LogLine, memo: _StateMemo | None) -> str | None:
+        if line.peer:
+            return line.peer
+        if memo and memo.peer:
+            return memo.peer
+        if memo and memo.ike is not None and (ike := self.states.get(memo.ike)):
+            return ike.peer
+        return None
+
+    def _ike_init(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if memo is not None:
+            memo.peer, memo.port = line.data["addr"], line.data["port"]
+        return []
+
+    def _switched(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if memo is not None:
+            memo.conn, memo.instance = line.data["to-conn"], line.data["to-instance"]
+        return []
+
+    def _ike_established(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        peer = self._peer(line, memo)
+        d = line.data
+        remote_id = d.get("id") or d.get("subject", "")
+        if memo is not None:
+            memo.remote_id = remote_id
+        if peer is None or line.serial is None:
+            return []
+        conn = memo.conn if memo else line.conn
+        return [IkeUp(conn_name=conn, connection=profile_of(conn, peer), remote_host=peer,
+                      serial=line.serial, instance=memo.instance if memo else line.instance,
+                      remote_port=memo.port if memo else None, remote_id=remote_id,
+                      initiator=d["initiator"], auth=d.get("auth", ""),
+                      remote_cert_subject=d.get("subject", ""),
+                      remote_cert_issuer=d.get("issuer", ""))]
+
+    def _child_established(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        d = line.data
+        if memo is not None and "ike" in d:
+            memo.ike = d["ike"]
+        peer = self._peer(line, memo)
+        local = d.get("local-ts") if d.get("mode") == "TRANSPORT" else None
+        if peer is None and d.get("mode") == "TRANSPORT":
+            peer = d.get("remote-ts")
+        if peer is None or local is None or line.serial is None:
+            return []
+        conn = memo.conn if memo else line.conn
+        ike = self.states.get(d.get("ike", -1))
+        return [ChildUp(conn_name=conn, connection=profile_of(conn, peer), local_host=local,
+                        remote_host=peer, remote_id=ike.remote_id if ike else "",
+                        spi_in=d.get("spi_in", 0), spi_out=d.get("spi_out", 0),
+                        mode=d.get("mode", "TRANSPORT"), protocol=d.get("protocol", "ESP"),
+                        local_ts=f"{local}/32" if ":" not in local else f"{local}/128",
+                        remote_ts=f"{peer}/32" if ":" not in peer else f"{peer}/128",
+                        source="log", serial=line.serial, ike_serial=d.get("ike"))]
+
+    def _child_deleted(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if line.serial is None:
+            return []
+        peer = self._peer(line, memo) or ""
+        conn = memo.conn if memo else line.conn
+        self.states.pop(line.serial, None)
+        return [ChildDown(conn_name=conn, connection=profile_of(conn, peer), local_host="",
+                          remote_host=peer, serial=line.serial)]
+
+    def _ike_deleted(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if line.serial is None:
+            return []
+        out: list[Any] = [IkeDown(line.serial)]
+        if line.data.get("revive"):
+            out.append(self._notice("revival", line, memo, "deleting IKE SA but connection "
+                                    "is supposed to remain up"))
+        self.states.pop(line.serial, None)
+        return out
+
+    def _ike_rekeyed(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if line.serial is None:
+            return []
+        old = self.states.get(line.data["old"])
+        if memo is not None and old is not None:
+            memo.peer, memo.port, memo.remote_id = old.peer, old.port, old.remote_id
+        return [IkeRekeyed(old_serial=line.data["old"], new_serial=line.serial)]
+
+    def _child_rekeyed(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        if line.serial is None:
+            return []
+        d = line.data
+        if memo is not None and "ike" in d:
+            memo.ike = d["ike"]
+        return [ChildRekeyed(old_serial=d["old"], new_serial=line.serial,
+                             spi_in=d.get("spi_in", 0), spi_out=d.get("spi_out", 0),
+                             ike_serial=d.get("ike"))]
+
+    def _notice(self, kind: str, line: LogLine, memo: _StateMemo | None, text: str) -> Notice:
+        return Notice(kind, line.conn, self._peer(line, memo), line.serial, text)
+
+    def _liveness_timeout(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        return [self._notice("liveness-timeout", line, memo, line.data["text"])]
+
+    def _liveness_action(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        return [self._notice("liveness-action", line, memo, line.data["text"])]
+
+    def _revival(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        return [self._notice("revival", line, memo, line.data["text"])]
+
+    def _updown_failed(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        return [self._notice("updown-failed", line, memo, line.data["text"])]

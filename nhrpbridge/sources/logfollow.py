@@ -1,0 +1,268 @@
+"""Follow pluto's log: a file (ipsec.conf logfile=, or rsyslog's auth.log) or journald.
+
+Strategy (file):
+- Position = (inode, offset), persisted with the daemon's checkpoint, so a restart
+  continues exactly where the state it restored stopped: no line re-read past
+  what was applied, none skipped. Without a saved position we start at the end
+  (old history is not the present; reconciliation with whack covers it).
+- watchdog watches the *directory*, so creation and rename are seen; a poll
+  every POLL seconds is the safety net.
+- rename+create rotation: the path's inode changes -> drain the old file to its
+  end, then read the new one from 0. copytruncate: the size drops below our
+  offset -> read again from 0. The file not existing yet: wait for it.
+- A partial last line waits for its newline. Lines are decoded as UTF-8 with
+  replacement: garbage never stops the follower. Lines over MAX_LINE are cut.
+Strategy (journald): `journalctl -o json -f SYSLOG_IDENTIFIER=pluto`, resuming
+with `--after-cursor` from the persisted cursor.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["FileFollower", "JournalFollower", "make_follower", "MAX_LINE"]
+
+log = logging.getLogger("nhrpbridge.plutolog")
+MAX_LINE = 64 * 1024
+POLL = 1.0
+
+LineSink = Callable[[list[str]], None]
+
+
+class FileFollower:
+    def __init__(self, path: str, poll: float = POLL):
+        self.path = Path(path)
+        self.poll = poll
+        self.fd: int | None = None
+        self.inode: int | None = None
+        self.offset = 0
+        self.partial = b""
+        self.sink: LineSink | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._watch: Any = None
+
+    # -- position
+
+    def position(self) -> dict[str, Any]:
+        """Where the applied data ends (the partial line is not applied yet)."""
+        return {"backend": "file", "path": str(self.path), "inode": self.inode,
+                "offset": self.offset - len(self.partial)}
+
+    def restore(self, pos: dict[str, Any] | None) -> None:
+        """Open the file at the saved position, or at its end if there is none."""
+        self._close()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            log.info("pluto log %s does not exist yet; waiting for it", self.path)
+            return
+        self._open()
+        if pos and pos.get("backend") == "file" and pos.get("path") == str(self.path) \
+                and pos.get("inode") == st.st_ino:
+            self.offset = min(int(pos.get("offset", 0)), st.st_size)
+            if int(pos.get("offset", 0)) > st.st_size:
+                log.warning("pluto log %s was truncated while we were down; reading from 0",
+                            self.path)
+                self.offset = 0
+        elif pos and pos.get("backend") == "file":
+            log.warning("pluto log %s was rotated while we were down; reading the new file "
+                        "from its start", self.path)
+            self.offset = 0
+        else:
+            self.offset = st.st_size
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self.inode = os.fstat(self.fd).st_ino
+        self.offset = 0
+        self.partial = b""
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+    # -- reading (synchronous, called from the loop; reads are small and local)
+
+    def read_available(self) -> list[str]:
+        """Every complete new line, handling rotation and truncation."""
+        lines: list[str] = []
+        if self.fd is None:
+            if not self.path.exists():
+                return lines
+            self._open()
+            log.info("pluto log %s appeared; following it", self.path)
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:
+            log.warning("pluto log %s was truncated (copytruncate); reading from 0", self.path)
+            self.offset, self.partial = 0, b""
+        lines += self._drain()
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current is not None and current != self.inode:
+            if self.partial:                 # the old file's last line, never ended
+                lines.append(self._decode(self.partial))
+            log.info("pluto log %s was rotated; following the new file", self.path)
+            self._close()
+            self._open()
+            lines += self._drain()
+        return lines
+
+    def _drain(self) -> list[str]:
+        out: list[str] = []
+        while True:
+            chunk = os.pread(self.fd, 1 << 20, self.offset)
+            if not chunk:
+                return out
+            self.offset += len(chunk)
+            data = self.partial + chunk
+            parts = data.split(b"\n")
+            self.partial = parts.pop()
+            if len(self.partial) > MAX_LINE:
+                log.warning("pluto log line over %d bytes cut", MAX_LINE)
+                out.append(self._decode(self.partial[:MAX_LINE]))
+                self.partial = b""
+            out.extend(self._decode(p) for p in parts)
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
+        return raw[:MAX_LINE].decode("utf-8", "replace")
+
+    # -- life cycle
+
+    async def start(self, sink: LineSink, pos: dict[str, Any] | None) -> None:
+        from .watch import DirectoryWatch
+        self.sink = sink
+        self.restore(pos)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._watch = DirectoryWatch(self.path.parent, self._wake)
+        self._watch.start()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                lines = self.read_available()
+            except OSError as exc:
+                log.error("reading pluto log %s: %s", self.path, exc)
+                self._close()
+                continue
+            if lines and self.sink:
+                self.sink(lines)
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._watch:
+            self._watch.stop()
+        self._close()
+
+    async def aclose(self) -> None:
+        self.stop()
+
+
+class JournalFollower:
+    """pluto's messages from the systemd journal via journalctl (no libsystemd binding)."""
+
+    def __init__(self, journalctl: str = "journalctl", identifier: str = "pluto"):
+        self.journalctl = journalctl
+        self.identifier = identifier
+        self.cursor: str | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task | None = None
+
+    def position(self) -> dict[str, Any]:
+        return {"backend": "journald", "cursor": self.cursor}
+
+    def argv(self) -> list[str]:
+        args = [self.journalctl, "--output=json", "--follow", "--no-pager",
+                f"SYSLOG_IDENTIFIER={self.identifier}"]
+        args += [f"--after-cursor={self.cursor}"] if self.cursor else ["--lines=0"]
+        return args
+
+    @staticmethod
+    def message_of(entry: dict[str, Any]) -> str | None:
+        """MESSAGE is a string, or a list of byte values when it is not UTF-8."""
+        msg = entry.get("MESSAGE")
+        if isinstance(msg, list):
+            try:
+                return bytes(msg).decode("utf-8", "replace")
+            except (TypeError, ValueError):
+                return None
+        return msg if isinstance(msg, str) else None
+
+    async def start(self, sink: LineSink, pos: dict[str, Any] | None) -> None:
+        if pos and pos.get("backend") == "journald":
+            self.cursor = pos.get("cursor")
+        if not shutil.which(self.journalctl):
+            log.error("journalctl not found: cannot follow pluto's journal")
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(sink))
+
+    async def _run(self, sink: LineSink) -> None:
+        while True:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                limit=4 * MAX_LINE)
+            assert self.proc.stdout is not None
+            while True:
+                try:
+                    raw = await self.proc.stdout.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    log.warning("journal entry too long; skipped")
+                    continue
+                if not raw:
+                    break
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    log.warning("journalctl printed a line that is not JSON; skipped")
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                msg = self.message_of(entry)
+                if isinstance(entry.get("__CURSOR"), str):
+                    self.cursor = entry["__CURSOR"]
+                if msg is not None:
+                    sink([msg])
+            rc = await self.proc.wait()
+            err = (await self.proc.stderr.read()).decode(errors="replace").strip() \
+                if self.proc.stderr else ""
+            log.error("journalctl exited (rc %s%s); restarting in 5 s", rc,
+                      f": {err}" if err else "")
+            await asyncio.sleep(5)
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def aclose(self) -> None:
+        """Stop and reap journalctl, so no transport outlives the loop."""
+        self.stop()
+        if self.proc is not None:
+            await self.proc.wait()
+            if self._task:
+                try:
+                    await self._task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+
+def make_follower(spec: str) -> FileFollower | JournalFollower:
+    """`journald` (or `journal`) selects the journal; anything else is a file path."""
+    return JournalFollower() if spec in ("journald", "journal") else FileFollower(spec)

@@ -1,0 +1,251 @@
+"""Initiate/terminate/reconcile logic with a recording whack runner (no pluto here)."""
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nhrpbridge.client import ApiClient
+from nhrpbridge.config import Config, ConnConfig
+from nhrpbridge.control import PlutoController
+from nhrpbridge.errors import PlutoError
+from nhrpbridge.pluto import Result, Whack
+from nhrpbridge.sadb import ChildUp
+from nhrpbridge.server import Daemon
+
+from conftest import DATA, DaemonProc, run_hook, up_env, wait_until
+
+L, R = "198.51.100.11", "198.51.100.12"
+
+
+class RecordingWhack:
+    """Stand-in runner: records every argv; answers from a table (showstates, rc...)."""
+
+    def __init__(self, showstates="", traffic="", version="Libreswan 4.10", rc=None, delay=0.0):
+        self.calls = []
+        self.showstates, self.traffic, self.version = showstates, traffic, version
+        self.rc = rc or {}
+        self.delay = delay
+
+    async def __call__(self, argv, timeout):
+        self.calls.append(argv)
+        await asyncio.sleep(self.delay)
+        for word, rc in self.rc.items():
+            if word in argv:
+                return Result(rc, f"0{rc} failed for {word}", "")
+        if "--version" in argv:
+            return Result(0, self.version + "\n", "")
+        if "--showstates" in argv:
+            return Result(0, self.showstates, "")
+        if "--trafficstatus" in argv:
+            return Result(0, self.traffic, "")
+        return Result(0, "", "")
+
+    def named(self, word):
+        return [c for c in self.calls if word in c]
+
+
+def make(tmp_path, runner, **cfg):
+    c = replace(Config.for_state_dir(tmp_path / "s"), initiate_timeout=2.0, **cfg)
+    d = Daemon(c)
+    d.load_state()
+    ctl = PlutoController(d, Whack(), run=runner)
+    d.controller = ctl
+    return d, ctl
+
+
+def child_up(conn="dmvpn", remote=R, spi=1):
+    return ChildUp(conn, "dmvpn", L, remote, "@s1", "@s2", spi_in=spi, spi_out=spi + 1,
+                   source="test")
+
+
+def test_ten_concurrent_initiates_one_whack_call_ten_identical_replies(tmp_path):
+    runner = RecordingWhack(delay=0.05)
+    d, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        tasks = [asyncio.create_task(ctl.initiate("dmvpn", R)) for _ in range(10)]
+        await asyncio.sleep(0.3)
+        assert len(runner.named("--initiate")) == 1
+        d.apply(child_up(conn="dmvpn-198-51-100-12"))      # the hook reports the SA
+        return await asyncio.gather(*tasks)
+    replies = asyncio.run(scenario())
+    assert len({json.dumps(r, sort_keys=True) for r in replies}) == 1
+    assert replies[0]["result"] == "up" and replies[0]["link"]["remote-host"] == R
+    assert runner.named("--initiate") == [["ipsec", "whack", "--name", "dmvpn-198-51-100-12",
+                                           "--initiate", "--asynchronous"]]
+    assert ctl.stats["joined"] == 9
+
+
+def test_already_up_replies_at_once(tmp_path):
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+    d.apply(child_up())
+    r = asyncio.run(ctl.initiate("dmvpn", R))
+    assert r["result"] == "already-up" and runner.calls == []
+
+
+def test_peer_initiating_while_ours_is_pending_resolves_it(tmp_path):
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        task = asyncio.create_task(ctl.initiate("dmvpn", R))
+        await asyncio.sleep(0.1)
+        d.apply(child_up(conn="dmvpn"))                   # the peer came in on the template
+        return await task
+    assert asyncio.run(scenario())["result"] == "up"
+
+
+def test_state_with_the_peer_in_showstates_means_no_initiate(tmp_path):
+    showstates = ('000 #5: "dmvpn"[3] 198.51.100.12:500 STATE_V2_PARENT_R1 (sent IKE_SA_INIT '
+                  'reply); EVENT_SA_EXPIRE in 29s; idle;\n')
+    runner = RecordingWhack(showstates=showstates)
+    d, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        task = asyncio.create_task(ctl.initiate("dmvpn", R))
+        await asyncio.sleep(0.2)
+        d.apply(child_up(conn="dmvpn"))
+        return await task
+    r = asyncio.run(scenario())
+    assert r == {**r, "result": "up", "how": "joined-pluto-state"}
+    assert runner.named("--initiate") == [] and runner.named("addconn") == []
+    assert ctl.stats["skipped-race"] == 1
+
+
+def test_per_peer_conn_added_once_reused_and_deleted_after_idle(tmp_path):
+    now = [1000.0]
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner, per_peer_idle=60.0)
+    ctl.clock = lambda: now[0]
+
+    async def up_then_down():
+        t = asyncio.create_task(ctl.initiate("dmvpn", R))
+        await asyncio.sleep(0.05)
+        d.apply(child_up(conn="dmvpn-198-51-100-12", spi=len(runner.calls) * 10))
+        await t
+        d.apply(replace_down(d))
+    asyncio.run(up_then_down())
+    asyncio.run(up_then_down())
+    assert len(runner.named("addconn")) == 1
+    assert len(runner.named("--initiate")) == 2
+    conf = (tmp_path / "s" / "peers.conf").read_text()
+    assert "conn dmvpn-198-51-100-12\n\talso=dmvpn-base\n\tright=198.51.100.12\n\tauto=add" in conf
+    assert conf.splitlines()[1] == "include /etc/ipsec.conf"
+    asyncio.run(ctl.expire_per_peer())                  # down, but not long enough yet
+    now[0] += 61
+    asyncio.run(ctl.expire_per_peer())
+    assert runner.named("--delete")[-1] == ["ipsec", "whack", "--name", "dmvpn-198-51-100-12",
+                                            "--delete"]
+    assert "dmvpn-198-51-100-12" not in (tmp_path / "s" / "peers.conf").read_text()
+
+
+def replace_down(d):
+    from nhrpbridge.sadb import ChildDown
+    (c,) = d.db.child_sas.values()
+    return ChildDown(c.conn_name, c.connection, c.local_host, c.remote_host, c.spi_in, c.spi_out)
+
+
+def test_template_mode_uses_remote_host(tmp_path):
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner, connections={"dmvpn": ConnConfig("dmvpn", per_peer="no")})
+    with pytest.raises(PlutoError):                     # no SA comes: times out
+        asyncio.run(ctl.initiate("dmvpn", R, timeout=0.2))
+    assert runner.named("--initiate") == [["ipsec", "whack", "--name", "dmvpn", "--remote-host",
+                                           R, "--initiate", "--asynchronous"]]
+
+
+def test_whack_failure_gives_a_clear_error(tmp_path):
+    runner = RecordingWhack(rc={"--initiate": 21})
+    d, ctl = make(tmp_path, runner)
+    with pytest.raises(PlutoError) as exc:
+        asyncio.run(ctl.initiate("dmvpn", R))
+    assert exc.value.code == "unknown-connection" and "rc 21" in str(exc.value)
+    assert not ctl.inflight
+
+
+def test_terminate_peer_4x_and_ike_id_maps_to_serial(tmp_path):
+    showstates = (DATA / "showstates-4.10.txt").read_text()
+    runner = RecordingWhack(showstates=showstates,
+                            traffic=(DATA / "trafficstatus-4.10.txt").read_text())
+    d, ctl = make(tmp_path, runner)
+    asyncio.run(ctl.reconcile())
+    assert asyncio.run(ctl.terminate("dmvpn", "198.51.100.11")) == {"terminated": 1}
+    assert ["ipsec", "whack", "--deletestate", "1"] in runner.calls
+    ike = next(i for i in d.db.ike_sas.values() if i.serial == 3)
+    asyncio.run(ctl.terminate("dmvpn", ike_id=ike.uniqueid))
+    assert ["ipsec", "whack", "--deletestate", "3"] in runner.calls
+    runner.version = "Libreswan 5.2"
+    _, ctl5 = make(tmp_path / "v5", runner)
+    asyncio.run(ctl5.detect_version())
+    asyncio.run(ctl5.terminate("dmvpn"))
+    assert ["ipsec", "whack", "--name", "dmvpn", "--down"] in runner.calls
+
+
+def test_reconcile_pluto_restart_brings_every_link_down(tmp_path):
+    runner = RecordingWhack(showstates=(DATA / "showstates-4.10.txt").read_text(),
+                            traffic=(DATA / "trafficstatus-4.10.txt").read_text())
+    d, ctl = make(tmp_path, runner)
+    asyncio.run(ctl.reconcile())
+    assert len(d.db.links) == 2
+    runner.rc = {"--showstates": 33}
+    runner.showstates = ""
+    # rc 33 alone is not "not running": that needs pluto's words
+    with pytest.raises(PlutoError):
+        asyncio.run(ctl.reconcile())
+    assert len(d.db.links) == 2
+
+    async def not_running(argv, timeout):
+        return Result(33, "", 'whack: Pluto is not running (no "/run/pluto/pluto.ctl")\n')
+    ctl.run_cmd = not_running
+    asyncio.run(ctl.reconcile())
+    assert not d.db.links
+
+
+# ---- end to end: real processes --------------------------------------------------
+
+@pytest.mark.skipif(not shutil.which("ipsec"), reason="libreswan not installed")
+def test_real_whack_pluto_not_running(sockdir):
+    d = DaemonProc(sockdir / "state", "--pluto-rundir", str(sockdir / "norun"), pluto=True)
+    d.start()
+    try:
+        with ApiClient(d.socket, timeout=30) as c:
+            r = c.request("initiate", connection="dmvpn", **{"remote-host": R})
+        assert not r["ok"] and r["error"]["code"] == "pluto-not-running"
+        assert "Pluto is not running" in r["error"]["message"]
+    finally:
+        d.kill9()
+
+
+def test_stand_in_ipsec_gets_argv_without_a_shell(sockdir):
+    """STAND-IN executable for `ipsec` (records argv); the real whack needs a running pluto."""
+    standin = sockdir / "standin"
+    standin.mkdir()
+    (standin / "showstates.txt").write_text((DATA / "showstates-4.10.txt").read_text())
+    (standin / "trafficstatus.txt").write_text((DATA / "trafficstatus-4.10.txt").read_text())
+    os.environ["STANDIN_DIR"] = str(standin)
+    d = DaemonProc(sockdir / "state", "--ipsec", str(DATA / "ipsec-stand-in"), pluto=True)
+    d.start()
+    try:
+        with ApiClient(d.socket, timeout=30) as c:
+            links = c.request("list")["links"]
+            assert len(links) == 2          # reconciled before the socket was served
+            r = c.request("initiate", connection="dmvpn", **{"remote-host": "198.51.100.20"},
+                          timeout=1)
+            assert r["error"]["code"] == "timeout"
+            r = c.request("initiate", connection="$(touch x)", **{"remote-host": "198.51.100.20"})
+            assert r["error"]["code"] == "bad-request"
+        calls = [json.loads(l) for l in (standin / "calls.jsonl").read_text().splitlines()]
+        assert ["whack", "--name", "dmvpn-198-51-100-20", "--initiate", "--asynchronous"] in calls
+        assert ["addconn", "--config", str(sockdir / "state" / "peers.conf"),
+                "dmvpn-198-51-100-20"] in calls
+        assert not (Path.cwd() / "x").exists()
+    finally:
+        d.kill9()
+        del os.environ["STANDIN_DIR"]
