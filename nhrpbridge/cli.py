@@ -181,6 +181,9 @@ def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -
         from .pluto import Whack
         daemon.controller = PlutoController(daemon, Whack(
             ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
+    if cfg.vici_socket:
+        from .viciserver import ViciServer
+        daemon.servers.append(ViciServer(daemon))
     if cfg.pluto_log:
         from .sources.logfollow import make_follower
         daemon.log_follower = make_follower(cfg.pluto_log)

@@ -108,7 +108,8 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One change as subscribers see it."""
+    """One change as subscribers see it. Child events carry their IKE SA as it was
+    then (VICI needs it, and it may be gone by the time the event is delivered)."""
 
     seq: int
     kind: str                        # ike-up, ike-down, ike-updated, child-up, ...
@@ -265,7 +266,8 @@ class SaDatabase:
         was_up = link.up
         link = replace(link, children=link.children + (child.uniqueid,))
         self.links[link.key] = link
-        self._emit("child-up", child_sa=child, link=link)
+        self._emit("child-up", child_sa=child, link=link,
+                   ike_sa=self.ike_sas.get(child.ike_uniqueid))
         if not was_up:
             self._emit("link-up", link=link)
 
@@ -279,7 +281,8 @@ class SaDatabase:
                 self.links[link.key] = link
             else:
                 del self.links[link.key]
-        self._emit("child-down", child_sa=replace(child, state="DELETING"), link=link)
+        self._emit("child-down", child_sa=replace(child, state="DELETING"), link=link,
+                   ike_sa=self.ike_sas.get(child.ike_uniqueid))
         if link is not None and not link.up:
             self._emit("link-down", link=link)
         ike = self.ike_sas.get(child.ike_uniqueid)
@@ -418,7 +421,8 @@ class SaDatabase:
             fill["ike_uniqueid"] = ike.uniqueid
         new = replace(child, **fill)
         self.child_sas[child.uniqueid] = new
-        self._emit("child-rekeyed", child_sa=new, link=self.links.get(new.link_key))
+        self._emit("child-rekeyed", child_sa=new, link=self.links.get(new.link_key),
+                   ike_sa=self.ike_sas.get(new.ike_uniqueid))
 
     def _reconcile(self, rc: Reconcile) -> None:
         seen_ike: set[int] = set()

@@ -67,6 +67,7 @@ class Daemon:
         self.allowed_gids = group_ids(cfg.control_groups)
         self.controller: Any = None      # pluto adapter (initiate/terminate), optional
         self.log_follower: Any = None    # pluto log follower, optional
+        self.servers: list[Any] = []     # more sockets (VICI, nhrp events), started after the API
         from .plutolog import LogInterpreter
         self.log_interp = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other sources' persisted positions
@@ -232,15 +233,15 @@ class Daemon:
     # ---- control (filled in by the pluto adapter)
 
     async def initiate(self, connection: str, remote: str, local: str | None,
-                       timeout: float | None) -> dict[str, Any]:
+                       timeout: float | None, wait: bool = True) -> dict[str, Any]:
         if self.controller is None:
-            raise PlutoError("no pluto adapter configured", "not-supported")
-        return await self.controller.initiate(connection, remote, local, timeout)
+            raise PlutoError("no pluto adapter configured (--no-pluto)", "not-supported")
+        return await self.controller.initiate(connection, remote, local, timeout, wait=wait)
 
     async def terminate(self, connection: str, remote: str | None,
                         ike_id: int | None) -> dict[str, Any]:
         if self.controller is None:
-            raise PlutoError("no pluto adapter configured", "not-supported")
+            raise PlutoError("no pluto adapter configured (--no-pluto)", "not-supported")
         return await self.controller.terminate(connection, remote, ike_id)
 
     async def resync(self) -> dict[str, Any]:
@@ -285,6 +286,8 @@ class Daemon:
         self.cfg.api_socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         await self.serve_unix(str(self.cfg.api_socket), self.cfg.api_mode, self.cfg.api_group,
                               self._api_client)
+        for extra in self.servers:
+            await extra.start()
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve until SIGTERM/SIGINT."""

@@ -1,0 +1,358 @@
+"""A VICI-compatible socket so an unmodified FRR nhrpd (and swanctl) work with libreswan.
+
+Strategy (reference/vici-nhrpd.md):
+- Each connection has its own Decoder and a queue of requests worked off by one
+  task, so pipelined requests (nhrpd sends 5 packets on connect) are answered in
+  order, and a slow `initiate` never delays another client. Writes never await;
+  a client whose backlog passes MAX_BACKLOG is dropped alone.
+- Events go only to connections registered for them (charon's rule; the vici
+  client would take an unexpected event for a command response). Registration
+  of a name we do not know gets EVENT_UNKNOWN.
+- SA messages are laid out the way nhrpd parses them (§2.5): one section named
+  after the profile, IKE keys first (`uniqueid`, `local-host`, `remote-host`,
+  ids, cert data as raw DER), then `child-sas` with one section per child
+  holding `uniqueid` and `state`. Child updown also raises the patched-strongSwan
+  events `child-state-installed` / `-rekeyed` / `-destroying` that nhrpd needs.
+- `list-sas` answers from the reconciled database (the daemon reconciles with
+  pluto before this socket is bound): an empty list while pluto holds SAs
+  would leave nhrpd offline for good (nhrpd-loop.md gotcha 10).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import __version__
+from .errors import PlutoError, RemoteProtocolError
+from .protocol.vici import Decoder, Packet, PacketType, encode_packet
+from .sadb import ChildSa, Event, IkeSa
+from .unixsock import PeerCred, group_ids, may_control, peer_cred
+
+if TYPE_CHECKING:
+    from .server import Daemon
+
+__all__ = ["ViciServer", "ike_message", "KNOWN_EVENTS"]
+
+log = logging.getLogger("nhrpbridge.vici")
+MAX_BACKLOG = 8 * 1024 * 1024
+KNOWN_EVENTS = frozenset({
+    "ike-updown", "ike-rekey", "child-updown", "child-rekey", "child-state-installed",
+    "child-state-rekeyed", "child-state-destroying", "list-sa", "control-log", "log",
+})
+CertLookup = Callable[[IkeSa], "tuple[bytes | None, bytes | None]"]
+
+
+# ---- translation: SA database -> VICI message trees --------------------------------
+
+def _child_section(c: ChildSa, state: str | None = None) -> dict[str, Any]:
+    return {
+        "name": c.connection, "uniqueid": c.uniqueid, "reqid": c.reqid,
+        "state": state or c.state, "mode": c.mode, "protocol": c.protocol,
+        "spi-in": f"{c.spi_in:08x}", "spi-out": f"{c.spi_out:08x}",
+        "install-time": max(0, int(time.time() - c.installed)) if c.installed else 0,
+        "local-ts": [c.local_ts] if c.local_ts else [],
+        "remote-ts": [c.remote_ts] if c.remote_ts else [],
+    }
+
+
+def ike_message(ike: IkeSa, children: list[ChildSa], child_state: str | None = None,
+                certs: tuple[bytes | None, bytes | None] = (None, None),
+                up: bool | None = None) -> dict[str, Any]:
+    """`{<profile>: {IKE keys..., child-sas: {...}}}` in the order nhrpd needs."""
+    local = ike.local_host or next((c.local_host for c in children if c.local_host), "")
+    section: dict[str, Any] = {
+        "uniqueid": ike.uniqueid, "version": 2, "state": ike.state,
+        "local-host": local, "local-port": 500,
+        "local-id": ike.local_id or next((c.local_id for c in children if c.local_id), local),
+        "remote-host": ike.remote_host, "remote-port": ike.remote_port or 500,
+        "remote-id": ike.remote_id or ike.remote_host,
+    }
+    if ike.initiator is not None:
+        section["initiator"] = "yes" if ike.initiator else "no"
+    if ike.established:
+        section["established"] = max(0, int(time.time() - ike.established))
+    local_der, remote_der = certs
+    if local_der:
+        section["local-cert-data"] = local_der
+    if remote_der:
+        section["remote-cert-data"] = remote_der
+    section["child-sas"] = {f"{c.connection}-{c.uniqueid}": _child_section(c, child_state)
+                            for c in children}
+    msg: dict[str, Any] = {}
+    if up:
+        msg["up"] = "yes"
+    msg[ike.connection] = section
+    return msg
+
+
+# ---- the server ---------------------------------------------------------------
+
+class ViciConnection:
+    def __init__(self, server: "ViciServer", writer: asyncio.StreamWriter, cred: PeerCred):
+        self.server = server
+        self.writer = writer
+        self.cred = cred
+        self.decoder = Decoder()
+        self.events: set[str] = set()
+        self.queue: asyncio.Queue[Packet] = asyncio.Queue()
+        self.closed = False
+
+    def send(self, packet: Packet) -> None:
+        if self.closed:
+            return
+        transport = self.writer.transport
+        transport.write(encode_packet(packet))
+        if transport.get_write_buffer_size() > MAX_BACKLOG:
+            log.warning("VICI client pid=%d does not read: dropped", self.cred.pid)
+            self.close(abort=True)
+
+    def event(self, name: str, message: dict[str, Any]) -> None:
+        if name in self.events:
+            self.send(Packet(PacketType.EVENT, name, message))
+
+    def close(self, abort: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.connections.discard(self)
+        if abort:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        worker = asyncio.get_running_loop().create_task(self._work())
+        try:
+            while not self.closed:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                self.decoder.feed(data)
+                while True:
+                    packet = self.decoder.next_packet()
+                    if packet is None:
+                        break
+                    self.queue.put_nowait(packet)
+        except RemoteProtocolError as exc:
+            log.warning("VICI client pid=%d uid=%d: %s; closing", self.cred.pid, self.cred.uid, exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # answer what was already received before closing, unless the peer is gone
+            if not self.closed:
+                try:
+                    await asyncio.wait_for(self.queue.join(), 5)
+                except asyncio.TimeoutError:
+                    pass
+            worker.cancel()
+            self.close()
+
+    async def _work(self) -> None:
+        while True:
+            packet = await self.queue.get()
+            try:
+                await self.server.handle(self, packet)
+            except RemoteProtocolError as exc:
+                log.warning("VICI client pid=%d: %s; closing", self.cred.pid, exc)
+                self.close()
+            except Exception:
+                log.exception("VICI %s %s failed", packet.type.name, packet.name)
+                if packet.type == PacketType.CMD_REQUEST:
+                    self.send(Packet(PacketType.CMD_RESPONSE, None,
+                                     {"success": "no", "errmsg": "internal error"}))
+            finally:
+                self.queue.task_done()
+
+
+class ViciServer:
+    def __init__(self, daemon: "Daemon", cert_lookup: CertLookup | None = None):
+        self.daemon = daemon
+        self.connections: set[ViciConnection] = set()
+        self.cert_lookup = cert_lookup
+        cfg = daemon.cfg
+        self.allowed_gids = group_ids(list(cfg.control_groups) +
+                                      ([cfg.vici_group] if cfg.vici_group else []))
+        daemon.add_sink(self)
+
+    async def start(self) -> None:
+        cfg = self.daemon.cfg
+        os.makedirs(os.path.dirname(cfg.vici_socket) or ".", exist_ok=True)
+        await self.daemon.serve_unix(cfg.vici_socket, cfg.vici_mode, cfg.vici_group, self._client)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ViciConnection(self, writer, peer_cred(writer.get_extra_info("socket")))
+        self.connections.add(conn)
+        log.debug("VICI client connected: pid=%d uid=%d", conn.cred.pid, conn.cred.uid)
+        await conn.serve(reader)
+
+    def certs(self, ike: IkeSa) -> tuple[bytes | None, bytes | None]:
+        return self.cert_lookup(ike) if self.cert_lookup else (None, None)
+
+    # ---- events from the daemon
+
+    def push_event(self, ev: Event) -> None:
+        if not self.connections:
+            return
+        for name, msg in self._translate(ev):
+            for conn in list(self.connections):
+                conn.event(name, msg)
+
+    def push_notice(self, msg: dict[str, Any]) -> None:
+        pass
+
+    def _translate(self, ev: Event) -> list[tuple[str, dict[str, Any]]]:
+        ike = ev.ike_sa
+        if ike is None:
+            return []
+        if ev.child_sa is not None:
+            c = ev.child_sa
+            if ev.kind == "child-up":
+                return [("child-state-installed", ike_message(ike, [c], "INSTALLED", self.certs(ike))),
+                        ("child-updown", ike_message(ike, [c], "INSTALLED", self.certs(ike), up=True))]
+            if ev.kind == "child-rekeyed":
+                return [("child-state-rekeyed", ike_message(ike, [c], "REKEYED", self.certs(ike))),
+                        ("child-rekey", ike_message(ike, [c], "REKEYED", self.certs(ike)))]
+            if ev.kind == "child-down":
+                return [("child-state-destroying", ike_message(ike, [c], "DELETING", self.certs(ike))),
+                        ("child-updown", ike_message(ike, [c], "DELETING", self.certs(ike)))]
+            return []
+        if ev.kind == "ike-up":
+            return [("ike-updown", _without_children(ike_message(ike, [], certs=self.certs(ike), up=True)))]
+        if ev.kind == "ike-down":
+            return [("ike-updown", _without_children(ike_message(ike, [], certs=self.certs(ike))))]
+        if ev.kind == "ike-rekeyed":
+            section = _without_children(ike_message(ike, [], certs=self.certs(ike)))[ike.connection]
+            return [("ike-rekey", {ike.connection: {"old": section, "new": section}})]
+        return []
+
+    # ---- requests
+
+    async def handle(self, conn: ViciConnection, packet: Packet) -> None:
+        t = packet.type
+        if t == PacketType.EVENT_REGISTER:
+            ok = packet.name in KNOWN_EVENTS
+            if ok:
+                conn.events.add(packet.name)
+            conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
+        elif t == PacketType.EVENT_UNREGISTER:
+            ok = packet.name in conn.events
+            conn.events.discard(packet.name)
+            conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
+        elif t == PacketType.CMD_REQUEST:
+            handler = getattr(self, "cmd_" + (packet.name or "").replace("-", "_"), None)
+            if handler is None:
+                conn.send(Packet(PacketType.CMD_UNKNOWN))
+                return
+            reply = await handler(conn, packet.message)
+            conn.send(Packet(PacketType.CMD_RESPONSE, None, reply))
+        else:
+            raise RemoteProtocolError(f"a client may not send {t.name}", fatal=True)
+
+    async def cmd_version(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
+        u = platform.uname()
+        return {"daemon": "nhrpbridge", "version": __version__, "sysname": u.system,
+                "release": u.release, "machine": u.machine}
+
+    async def cmd_list_sas(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
+        db = self.daemon.db
+        want_ike = _text(msg.get("ike"))
+        want_id = _int(msg.get("ike-id"))
+        want_child = _text(msg.get("child"))
+        for ike in list(db.ike_sas.values()):
+            if want_ike and ike.connection != want_ike and ike.conn_name != want_ike:
+                continue
+            if want_id is not None and ike.uniqueid != want_id:
+                continue
+            children = db.children_of_ike(ike.uniqueid)
+            if want_child:
+                children = [c for c in children if want_child in (c.connection, c.conn_name)]
+                if not children:
+                    continue
+            conn.event("list-sa", ike_message(ike, children, certs=self.certs(ike)))
+        return {}
+
+    def _may_control(self, conn: ViciConnection, what: str) -> str | None:
+        if may_control(conn.cred, self.allowed_gids):
+            log.info("VICI %s from pid=%d uid=%d", what, conn.cred.pid, conn.cred.uid)
+            return None
+        log.warning("VICI %s refused to pid=%d uid=%d", what, conn.cred.pid, conn.cred.uid)
+        return f"{what}: permission denied (uid {conn.cred.uid} is not in a control group)"
+
+    def _control_log(self, conn: ViciConnection, text: str) -> None:
+        conn.event("control-log", {"group": "CFG", "level": "1", "msg": text})
+
+    async def cmd_initiate(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
+        if (denied := self._may_control(conn, "initiate")) is not None:
+            return {"success": "no", "errmsg": denied}
+        profile = _text(msg.get("child")) or _text(msg.get("ike"))
+        remote = _text(msg.get("other-host"))
+        local = _text(msg.get("my-host")) or None
+        if not profile or not remote:
+            return {"success": "no", "errmsg": "initiate needs child (profile) and other-host: "
+                    "libreswan conns are per peer, a bare profile cannot be initiated"}
+        timeout_ms = _int(msg.get("timeout")) or 0
+        asynchronous = _text(msg.get("async")) in ("1", "yes", "true") or timeout_ms < 0
+        self._control_log(conn, f"initiating {profile} to {remote}")
+        try:
+            result = await self.daemon.initiate(
+                profile, remote, local,
+                None if asynchronous or timeout_ms == 0 else timeout_ms / 1000,
+                wait=not asynchronous)
+        except PlutoError as exc:
+            self._control_log(conn, str(exc))
+            log.warning("VICI initiate %s -> %s failed: %s", profile, remote, exc)
+            return {"success": "no", "errmsg": str(exc)}
+        self._control_log(conn, f"{profile} to {remote}: {result.get('result')}")
+        return {"success": "yes"}
+
+    async def cmd_terminate(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
+        if (denied := self._may_control(conn, "terminate")) is not None:
+            return {"success": "no", "errmsg": denied}
+        db = self.daemon.db
+        ike_id = _int(msg.get("ike-id"))
+        child_id = _int(msg.get("child-id"))
+        name = _text(msg.get("ike")) or _text(msg.get("child"))
+        if child_id is not None:
+            child = db.child_sas.get(child_id)
+            if child is None:
+                return {"success": "no", "errmsg": f"no CHILD_SA with id {child_id}"}
+            ike_id = child.ike_uniqueid
+        try:
+            if ike_id is not None:
+                ike = db.ike_sas.get(ike_id)
+                if ike is None:
+                    return {"success": "no", "errmsg": f"no IKE_SA with id {ike_id}",
+                            "matches": 0, "terminated": 0}
+                result = await self.daemon.terminate(ike.connection, None, ike_id)
+            elif name:
+                result = await self.daemon.terminate(name, None, None)
+            else:
+                return {"success": "no", "errmsg": "terminate needs ike, child, ike-id or child-id"}
+        except PlutoError as exc:
+            return {"success": "no", "errmsg": str(exc)}
+        n = result.get("terminated", 0)
+        return {"success": "yes", "matches": n, "terminated": n}
+
+
+def _without_children(msg: dict[str, Any]) -> dict[str, Any]:
+    for value in msg.values():
+        if isinstance(value, dict):
+            value.pop("child-sas", None)
+    return msg
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(_text(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,252 @@
+"""The VICI socket against real clients: strongSwan's `vici` package, swanctl, nhrpd's bytes."""
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+vici = pytest.importorskip("vici")
+
+from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
+
+from conftest import DATA, DaemonProc, run_hook, up_env, wait_until
+from test_vici_codec import NHRPD_CONNECT
+
+
+@pytest.fixture
+def vdaemon(sockdir):
+    standin = sockdir / "standin"
+    standin.mkdir()
+    os.environ["STANDIN_DIR"] = str(standin)
+    d = DaemonProc(sockdir / "state", "--vici-socket", str(sockdir / "charon.vici"),
+                   "--ipsec", str(DATA / "ipsec-stand-in"), pluto=True)
+    d.vici = str(sockdir / "charon.vici")
+    d.standin = standin
+    d.start()
+    wait_until(lambda: os.path.exists(d.vici), what="vici socket")
+    yield d
+    d.kill9()
+    os.environ.pop("STANDIN_DIR", None)
+    if d.log.exists():
+        print("---- daemon log (tail) ----\n" + "\n".join(d.log.read_text().splitlines()[-30:]))
+
+
+def session(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    return vici.Session(s)
+
+
+def hub_up(d, n=2):
+    for i in range(n):
+        run_hook(up_env(peer=f"198.51.100.{11 + i}", spi_in=hex(0x100 + i), spi_out=hex(0x200 + i),
+                        peer_id=f"@spoke{i + 1}"), d.state_dir / "spool", "--no-chain")
+
+
+def test_version_and_list_sas_with_the_official_client(vdaemon):
+    hub_up(vdaemon)
+    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
+    v = session(vdaemon.vici).version()
+    assert v["daemon"] == b"nhrpbridge"
+    sas = list(session(vdaemon.vici).list_sas())
+    (name, ike), = sas[0].items()
+    assert name == "dmvpn"
+    keys = list(ike)
+    assert keys.index("local-host") < keys.index("child-sas") and keys.index("uniqueid") < keys.index("child-sas")
+    assert ike["local-host"] == b"198.51.100.1" and ike["remote-host"] == b"198.51.100.11"
+    (child,) = ike["child-sas"].values()
+    assert child["state"] == b"INSTALLED" and int(child["uniqueid"]) > 0
+    assert child["spi-in"] == b"00000200" and child["spi-out"] == b"00000100"
+    only = list(session(vdaemon.vici).list_sas({"ike-id": ike["uniqueid"].decode()}))
+    assert len(only) == 1
+    assert list(session(vdaemon.vici).list_sas({"ike": "other"})) == []
+
+
+def test_listen_sees_child_state_installed_when_a_hook_record_arrives(vdaemon):
+    s = session(vdaemon.vici)
+    got = []
+
+    def listen():
+        for name, msg in s.listen(["child-state-installed", "child-state-destroying"], timeout=10):
+            if name is None:
+                return
+            got.append((name, msg))
+            if len(got) == 2:
+                return
+    t = threading.Thread(target=listen)
+    t.start()
+    time.sleep(0.5)
+    hub_up(vdaemon, 1)
+    time.sleep(0.3)
+    run_hook(up_env(peer="198.51.100.11", spi_in=hex(0x100), spi_out=hex(0x200),
+                    verb="down-host"), vdaemon.state_dir / "spool", "--no-chain")
+    t.join(15)
+    assert [n for n, _ in got] == [b"child-state-installed", b"child-state-destroying"]
+    ike = got[0][1]["dmvpn"]
+    assert ike["remote-host"] == b"198.51.100.11"
+    assert [c["state"] for c in ike["child-sas"].values()] == [b"INSTALLED"]
+    assert [c["state"] for c in got[1][1]["dmvpn"]["child-sas"].values()] == [b"DELETING"]
+
+
+def test_nhrpd_connect_sequence_gets_4_confirms_list_sa_events_then_empty_response(vdaemon):
+    hub_up(vdaemon)
+    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(vdaemon.vici)
+    s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))    # back to back, as nhrpd does
+    d = Decoder()
+    got = []
+    while len(got) < 7:
+        d.feed(s.recv(65536))
+        while (p := d.next_packet()) is not None:
+            got.append(p)
+    assert [p.type for p in got] == [PacketType.EVENT_CONFIRM] * 4 + [PacketType.EVENT] * 2 + [
+        PacketType.CMD_RESPONSE]
+    assert [p.name for p in got[4:6]] == ["list-sa", "list-sa"]
+    assert got[6].message == {}
+
+
+def test_unknown_events_and_commands(vdaemon):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(vdaemon.vici)
+    s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, "no-such-event"))
+              + encode_packet(Packet(PacketType.EVENT_UNREGISTER, "list-sa"))
+              + encode_packet(Packet(PacketType.CMD_REQUEST, "load-conn", {"x": b"1"})))
+    d = Decoder()
+    got = []
+    while len(got) < 3:
+        d.feed(s.recv(65536))
+        while (p := d.next_packet()) is not None:
+            got.append(p.type)
+    assert got == [PacketType.EVENT_UNKNOWN, PacketType.EVENT_UNKNOWN, PacketType.CMD_UNKNOWN]
+
+
+def test_initiate_and_terminate_map_to_whack(vdaemon):
+    """Recording STAND-IN for `ipsec`: checks the argv nhrpd's requests turn into."""
+    s = session(vdaemon.vici)
+    # nhrpd's exact request: async, answered once whack accepted it
+    r = s.request("initiate", {"child": "dmvpn", "timeout": "-1", "async": "1",
+                               "init-limits": "0", "my-host": "198.51.100.11",
+                               "other-host": "198.51.100.1"})
+    assert r["success"] == b"yes"
+    calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
+    assert ["whack", "--name", "dmvpn-198-51-100-1", "--initiate", "--asynchronous"] in calls
+    # the official client's streamed initiate (control-log registered first)
+    logs = list(session(vdaemon.vici).initiate({"child": "dmvpn", "other-host": "198.51.100.2",
+                                                "timeout": "-1"}))
+    assert any(b"initiating dmvpn to 198.51.100.2" in l.get("msg", b"") for l in logs)
+    # whack fails -> success=no with errmsg, the only thing nhrpd logs
+    (vdaemon.standin / "rcinitiate").write_text("21")
+    with pytest.raises(vici.exception.CommandException, match="unknown-connection|rc 21"):
+        s.request("initiate", {"child": "dmvpn", "async": "1", "other-host": "198.51.100.3"})
+    with pytest.raises(vici.exception.CommandException, match="other-host"):
+        s.request("initiate", {"child": "dmvpn"})     # no other-host: cannot be per peer
+    (vdaemon.standin / "rcinitiate").unlink()
+    hub_up(vdaemon, 1)
+    wait_until(lambda: list(session(vdaemon.vici).list_sas()), what="SA")
+    (sa,) = list(session(vdaemon.vici).list_sas())
+    ike_id = sa["dmvpn"]["uniqueid"].decode()
+    (vdaemon.standin / "showstates.txt").write_text(
+        '000 #7: "dmvpn"[1] 198.51.100.11:500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); idle;\n'
+        '000 #8: "dmvpn"[1] 198.51.100.11:500 STATE_V2_ESTABLISHED_CHILD_SA (IPsec SA established); IKE SA #7; idle;\n'
+        '000 #8: "dmvpn"[1] 198.51.100.11 esp.00000100@198.51.100.11 esp.00000200@198.51.100.1 Traffic: ESPin=0B\n')
+    (vdaemon.standin / "trafficstatus.txt").write_text(
+        "006 #8: \"dmvpn\"[1] 198.51.100.11, type=ESP, add_time=1, inBytes=0, outBytes=0, "
+        "maxBytes=2^63B, id='@spoke1'\n")
+    r = session(vdaemon.vici).request("terminate", {"ike-id": ike_id})
+    assert r["success"] == b"yes"
+    calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
+    assert ["whack", "--deletestate", "7"] in calls          # ike-id -> pluto serial
+    r = session(vdaemon.vici).request("terminate", {"ike": "dmvpn"})
+    assert r["success"] == b"yes"
+    calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
+    assert ["whack", "--name", "dmvpn", "--terminate"] in calls
+
+
+@pytest.mark.skipif(not shutil.which("swanctl"), reason="strongswan-swanctl not installed")
+def test_swanctl_lists_our_sas(vdaemon):
+    hub_up(vdaemon)
+    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
+    out = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{vdaemon.vici}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "remote '@spoke1' @ 198.51.100.11[500]" in out.stdout
+    assert "INSTALLED, TRANSPORT, ESP" in out.stdout and "out 00000101" in out.stdout
+
+
+def test_list_sas_after_restart_already_lists_the_sas(vdaemon):
+    """gotcha 10: a bridge restarted with its state lost while pluto holds SAs."""
+    (vdaemon.standin / "showstates.txt").write_text((DATA / "showstates-4.10.txt").read_text())
+    (vdaemon.standin / "trafficstatus.txt").write_text((DATA / "trafficstatus-4.10.txt").read_text())
+    vdaemon.kill9()
+    for p in vdaemon.state_dir.iterdir():
+        if p.is_file():
+            p.unlink()                               # spool and state lost
+    vdaemon.start()
+    wait_until(lambda: os.path.exists(vdaemon.vici), what="vici socket")
+    assert len(list(session(vdaemon.vici).list_sas())) == 2     # the very first list-sas
+
+
+@pytest.mark.parametrize("attack", ["oversized", "truncated", "random", "bad-type", "vanish"])
+def test_hostile_client_is_closed_and_others_are_served(vdaemon, attack):
+    hub_up(vdaemon, 1)
+    good = session(vdaemon.vici)
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(vdaemon.vici)
+    if attack == "oversized":
+        s.sendall((512 * 1024 + 1).to_bytes(4, "big") + b"\x00" * 1024)
+    elif attack == "truncated":
+        s.sendall(b"\x00\x00\x00\x20\x00\x08list-sas")
+        s.shutdown(socket.SHUT_WR)
+    elif attack == "random":
+        random.seed(3)
+        s.sendall(b"\x00\x00\x00\x40" + bytes(random.getrandbits(8) for _ in range(64)))
+    elif attack == "bad-type":
+        s.sendall(encode_packet(Packet(PacketType.EVENT, "list-sa", {})))
+    else:
+        s.sendall(encode_packet(Packet(PacketType.CMD_REQUEST, "list-sas")))
+    if attack != "vanish":
+        try:
+            assert s.recv(65536) == b""             # closed by the daemon
+        except ConnectionResetError:
+            pass
+    s.close()
+    assert good.version()["daemon"] == b"nhrpbridge"
+    assert len(list(session(vdaemon.vici).list_sas())) == 1
+
+
+def test_two_hundred_clients_connecting_and_vanishing(vdaemon):
+    for i in range(200):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(vdaemon.vici)
+        if i % 2:
+            s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))
+        s.close()
+    assert session(vdaemon.vici).version()["daemon"] == b"nhrpbridge"
+
+
+def test_refuses_to_take_over_a_live_socket_and_removes_a_stale_one(sockdir):
+    path = str(sockdir / "charon.vici")
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(path)
+    live.listen(1)
+    d = DaemonProc(sockdir / "state", "--vici-socket", path)
+    d.start(wait=False)
+    assert d.proc.wait(20) == 1
+    assert "a live server already answers on" in d.log.read_text()
+    live.close()                                     # now the file is stale
+    d2 = DaemonProc(sockdir / "state2", "--vici-socket", path)
+    d2.start()
+    try:
+        wait_until(lambda: session(path).version(), what="vici served")
+    finally:
+        d2.kill9()
