@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket_args(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("render", help="write ipsec.conf / FRR config from the node section",
+                       description="Render the libreswan conns, ipsec.secrets (PSK) and the FRR "
+                                   "nhrpd interface from the `node:` section of the config, with "
+                                   "jinja2 templates. Without outputs, ipsec.conf goes to stdout.")
+    p.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_CONFIG)
+    p.add_argument("--ipsec", metavar="OUT", help="write the ipsec.conf stanzas here ('-': stdout)")
+    p.add_argument("--frr", metavar="OUT", help="write the FRR nhrpd interface here ('-': stdout)")
+    p.add_argument("--secrets", metavar="OUT", help="write ipsec.secrets here (PSK only; mode 0600)")
+    p.add_argument("--check", action="store_true",
+                   help="validate with libreswan's `ipsec addconn --checkconfig`; any message fails")
+    p.add_argument("--templates", metavar="DIR", help="templates that override the shipped ones")
+    p.add_argument("--ipsec-cmd", metavar="CMD", default="ipsec", help="ipsec executable for --check")
+
     p = sub.add_parser("replay", help="run recorded updown calls through the hook",
                        description="Replay lab updown log lines (VERB=... CONN=... | PLUTO_*=...) "
                                    "through the real hook into a spool, as pluto would.")
@@ -367,6 +380,43 @@ def cmd_resync(args: argparse.Namespace) -> int:
     return _control(args, "resync")
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from .errors import RenderError
+    from .render import check_ipsec, render_frr, render_ipsec, render_secrets
+    cfg = load_config(args.config)
+    try:
+        ipsec_text = render_ipsec(cfg, args.templates)
+        outputs = []
+        if args.ipsec or not (args.frr or args.secrets):
+            outputs.append((args.ipsec or "-", ipsec_text, 0o644))
+        if args.frr:
+            outputs.append((args.frr, render_frr(cfg, args.templates), 0o644))
+        if args.secrets:
+            outputs.append((args.secrets, render_secrets(cfg, args.templates), 0o600))
+        if args.check:
+            problems = check_ipsec(ipsec_text, cfg.node.profile, args.ipsec_cmd, args.templates)
+            if problems:
+                for p in problems:
+                    print(f"{args.config}: ipsec addconn --checkconfig: {p}", file=sys.stderr)
+                return EXIT_FAIL
+    except RenderError as exc:
+        line = cfg.node.line if cfg.node else 1
+        print(f"{args.config}:{line}: node: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for out, text, mode in outputs:
+        if out == "-":
+            sys.stdout.write(text)
+            continue
+        tmp = f"{out}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    if args.check:
+        print(f"{args.config}: rendered conns pass ipsec addconn --checkconfig", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import replay_file
     if not args.spool and not args.state_dir:
@@ -390,5 +440,5 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
              "check-config": cmd_check_config, "initiate": cmd_initiate,
-             "terminate": cmd_terminate, "resync": cmd_resync, "replay": cmd_replay,
+             "terminate": cmd_terminate, "resync": cmd_resync, "replay": cmd_replay, "render": cmd_render,
              "version": cmd_version}

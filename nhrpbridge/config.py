@@ -42,6 +42,33 @@ class ConnConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    """What `nhrpbridge render` needs to write ipsec.conf and the FRR interface."""
+
+    role: str = ""                       # hub | spoke
+    nbma: str = ""                       # local NBMA address (left=)
+    underlay: str = "eth0"               # tunnel source interface
+    profile: str = "dmvpn"               # conn name = nhrpd vici profile
+    gre_interface: str = "gre1"
+    gre_address: str = ""
+    gre_key: int = 42
+    network_id: int = 1
+    holdtime: int = 0
+    nhs: tuple[str, ...] = ()            # spokes: hubs' NBMA addresses
+    auth: str = "cert"                   # cert | psk
+    cert: str = ""                       # NSS nickname (leftcert=)
+    ca: str = "%same"                    # rightca=
+    peer_id: str = "%fromcert"           # rightid= (cert); IP IDs with PSK
+    psk: str = ""
+    dpddelay: int = 10
+    retransmit_timeout: int = 60
+    ike: str = ""
+    esp: str = ""
+    hook: str = "/usr/libexec/nhrpbridge/updown"
+    line: int = 0                        # where `node:` starts, for messages
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     state_dir: Path = Path("/run/nhrpbridge")
@@ -68,6 +95,7 @@ class Config:
     event_socket: str = ""
     cert_store: str = ""
     connections: dict[str, ConnConfig] = field(default_factory=dict)
+    node: NodeConfig | None = None
 
     @property
     def state_file(self) -> Path:
@@ -245,6 +273,8 @@ def _walk_root(col: _Collector, root: yaml.Node, values: dict[str, Any],
         key = k.value
         if key == "connections":
             _walk_connections(col, v, conns)
+        elif key == "node":
+            values["node"] = _walk_node(col, v, k)
         elif key in SPEC and key != "":
             for k2, v2 in col.mapping(v, key):
                 _set(col, SPEC[key], k2, v2, key, values)
@@ -257,7 +287,7 @@ def _set(col: _Collector, spec: dict, k: yaml.Node, v: yaml.Node, section: str,
     name = _join(section, k.value)
     if k.value not in spec:
         known = ", ".join(sorted(spec)) if section else ", ".join(
-            sorted([*spec, "connections", *[s for s in SPEC if s]]))
+            sorted([*spec, "connections", "node", *[s for s in SPEC if s]]))
         col.add(k, name, f"unknown key (known: {known})")
         return
     attr, check = spec[k.value]
@@ -302,3 +332,98 @@ def _prefixes(col: _Collector, node: yaml.Node, fld: str) -> dict[str, tuple[str
         except ValueError as exc:
             col.add(v, f"{fld}.{k.value}", str(exc))
     return out
+
+
+# ---- node: what render needs -------------------------------------------------------
+
+def _ip(node: yaml.Node) -> str:
+    import ipaddress
+    text = _str(node)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def _ip_list(node: yaml.Node) -> tuple[str, ...]:
+    import ipaddress
+    out = []
+    for text in _str_list(node):
+        try:
+            out.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address") from None
+    return tuple(out)
+
+
+def _int_field(lo: int, hi: int) -> Callable[[yaml.Node], int]:
+    def check(node: yaml.Node) -> int:
+        text = _text(node)
+        if not re.fullmatch(r"\d+", text) or not lo <= int(text) <= hi:
+            raise ValueError(f"{text!r} is not a whole number from {lo} to {hi}")
+        return int(text)
+    return check
+
+
+def _ifname(node: yaml.Node) -> str:
+    text = _str(node)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", text):
+        raise ValueError(f"{text!r} is not an interface name")
+    return text
+
+
+def _conn_name(node: yaml.Node) -> str:
+    text = _str(node)
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError(f"{text!r}: letters, digits, '.', '_', '-' (max 64), no leading '-'")
+    return text
+
+
+NODE_SPEC: dict[str, tuple[str, Callable[[yaml.Node], Any]]] = {
+    "role": ("role", _choice("hub", "spoke")), "nbma": ("nbma", _ip),
+    "underlay": ("underlay", _ifname), "profile": ("profile", _conn_name),
+    "nhs": ("nhs", _ip_list), "hook": ("hook", _path),
+    "ike": ("ike", _str), "esp": ("esp", _str),
+}
+NODE_SUB: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
+    "gre": {"interface": ("gre_interface", _ifname), "address": ("gre_address", _ip),
+            "key": ("gre_key", _int_field(0, 2**32 - 1)),
+            "network-id": ("network_id", _int_field(1, 2**32 - 1)),
+            "holdtime": ("holdtime", _int_field(0, 65535))},
+    "auth": {"method": ("auth", _choice("cert", "psk")), "cert": ("cert", _str),
+             "ca": ("ca", _str), "peer-id": ("peer_id", _str), "psk": ("psk", _str)},
+    "liveness": {"dpddelay": ("dpddelay", _int_field(0, 86400)),
+                 "retransmit-timeout": ("retransmit_timeout", _int_field(1, 86400))},
+}
+
+
+def _walk_node(col: _Collector, node: yaml.Node, key: yaml.Node) -> NodeConfig | None:
+    values: dict[str, Any] = {"line": key.start_mark.line + 1}
+    present: set[str] = set()
+    before = len(col.problems)
+    for k, v in col.mapping(node, "node"):
+        present.add(k.value)
+        if k.value in NODE_SUB:
+            for k2, v2 in col.mapping(v, f"node.{k.value}"):
+                present.add(f"{k.value}.{k2.value}")
+                _set(col, NODE_SUB[k.value], k2, v2, f"node.{k.value}", values)
+        elif k.value in NODE_SPEC:
+            _set(col, NODE_SPEC, k, v, "node", values)
+        else:
+            col.add(k, f"node.{k.value}", "unknown key (known: " +
+                    ", ".join(sorted([*NODE_SPEC, *NODE_SUB])) + ")")
+    cfg = NodeConfig(**values)
+    line = key
+    if "role" not in present:
+        col.add(line, "node.role", "missing: hub or spoke")
+    if "nbma" not in present:
+        col.add(line, "node.nbma", "missing: this node's NBMA (underlay) address")
+    if "gre.address" not in present:
+        col.add(line, "node.gre.address", "missing: this node's GRE (overlay) address")
+    if cfg.role == "spoke" and not cfg.nhs:
+        col.add(line, "node.nhs", "a spoke needs at least one hub NBMA address")
+    if cfg.auth == "cert" and not cfg.cert:
+        col.add(line, "node.auth.cert", "certificate auth needs the NSS nickname of our cert")
+    if cfg.auth == "psk" and not cfg.psk:
+        col.add(line, "node.auth.psk", "PSK auth needs psk (quote it)")
+    return cfg if len(col.problems) == before else None

@@ -1,0 +1,135 @@
+"""render: samples pass libreswan's own parser; golden output; bad input; installed copy."""
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from nhrpbridge.config import load_config
+from nhrpbridge.errors import RenderError
+from nhrpbridge.render import check_ipsec, render_frr, render_ipsec, render_peers
+
+from conftest import DATA, ROOT, SAMPLES
+
+SAMPLE_FILES = ["hub.yaml", "spoke.yaml", "hub-psk.yaml", "spoke-psk.yaml"]
+HAVE_IPSEC = shutil.which("ipsec") is not None
+NB = [sys.executable, "-m", "nhrpbridge"]
+
+
+def golden(name: str, text: str) -> None:
+    path = DATA / "render" / name
+    if os.environ.get("NHRPBRIDGE_REGEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs (NHRPBRIDGE_REGEN=1 rewrites it)"
+
+
+@pytest.mark.parametrize("sample", SAMPLE_FILES)
+def test_samples_render_to_golden_files(sample):
+    cfg = load_config(SAMPLES / sample)
+    golden(sample.replace(".yaml", ".ipsec.conf"), render_ipsec(cfg).replace(str(SAMPLES), "samples"))
+    golden(sample.replace(".yaml", ".frr.conf"), render_frr(cfg).replace(str(SAMPLES), "samples"))
+
+
+@pytest.mark.skipif(not HAVE_IPSEC, reason="libreswan not installed")
+@pytest.mark.parametrize("sample", SAMPLE_FILES)
+def test_samples_pass_real_checkconfig_with_empty_stderr(sample):
+    r = subprocess.run(NB + ["render", "-c", str(SAMPLES / sample), "--check"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "pass ipsec addconn --checkconfig" in r.stderr
+
+
+@pytest.mark.skipif(not HAVE_IPSEC, reason="libreswan not installed")
+def test_check_reports_libreswans_message_even_when_it_exits_0(tmp_path):
+    # 4.10 exits 0 on a bad protoport; only stderr tells
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    text = (ROOT / "templates" / "ipsec.conf.j2").read_text().replace(
+        "leftprotoport=gre", "leftprotoport=grex")
+    (tpl / "ipsec.conf.j2").write_text(text)
+    r = subprocess.run(NB + ["render", "-c", str(SAMPLES / "hub.yaml"), "--check",
+                             "--templates", str(tpl)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert "bad leftprotoport=grex" in r.stderr
+    # and the per-peer layout itself is checked: drop the -base conn
+    (tpl / "ipsec.conf.j2").write_text(text.replace("leftprotoport=grex", "leftprotoport=gre")
+                                       .replace("also={{ node.profile }}-base\n\tright=%any",
+                                                "right=%any"))
+    assert check_ipsec(render_ipsec(load_config(SAMPLES / "hub.yaml"), str(tpl)).replace(
+        "conn dmvpn-base", "conn dmvpn-basis"), "dmvpn")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("node:\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n    method: psk\n"
+     "    psk: x\n", ":1: node.role: missing: hub or spoke"),
+    ("node:\n  role: hub\n  nbma: 198.51.100.300\n  gre:\n    address: 203.0.113.1\n",
+     ":3: node.nbma: '198.51.100.300' is not an IP address"),
+    ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n"
+     "    cert: hub\n    peer-id: \"CN=a\\nCN=b\"\n", ":8: node.auth.peer-id: must not contain a newline"),
+    ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    adress: 203.0.113.1\n",
+     ":5: node.gre.adress: unknown key"),
+    ("node:\n  role: spoke\n  nbma: 198.51.100.2\n  gre:\n    address: 203.0.113.2\n  auth:\n"
+     "    method: psk\n    psk: x\n", ":1: node.nhs: a spoke needs at least one hub"),
+])
+def test_bad_node_yaml_gives_file_line_errors(tmp_path, text, expected):
+    f = tmp_path / "node.yaml"
+    f.write_text(text)
+    r = subprocess.run(NB + ["render", "-c", str(f)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert f"{f}{expected}" in r.stderr, r.stderr
+
+
+def test_values_that_cannot_be_written_safely_are_refused(tmp_path):
+    f = tmp_path / "node.yaml"
+    f.write_text('node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n'
+                 '  auth:\n    cert: \'hub" leftupdown="/bin/evil\'\n')
+    r = subprocess.run(NB + ["render", "-c", str(f)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "cannot be written into ipsec.conf safely" in r.stderr
+    with pytest.raises(RenderError):
+        render_peers("/etc/ipsec conf", [])
+
+
+def test_dn_values_are_quoted():
+    text = render_ipsec(load_config(SAMPLES / "hub.yaml"))
+    assert 'rightca="C=XX, O=DMVPN Lab, CN=DMVPN Lab CA"' in text
+    assert "keyexchange" not in text and "rightid=%any" not in text
+
+
+def test_per_peer_stanza_comes_from_the_same_template():
+    text = render_peers("/etc/ipsec.conf", [("dmvpn-198-51-100-12", "dmvpn", "198.51.100.12")])
+    peer = (ROOT / "templates" / "peer.conf.j2").read_text()
+    assert peer.replace("{{ name }}", "dmvpn-198-51-100-12").replace(
+        "{{ profile }}", "dmvpn").replace("{{ remote }}", "198.51.100.12") in text
+
+
+def test_templates_are_found_after_pip_install(tmp_path):
+    """Build a wheel, install it into a fresh venv, render from outside the checkout."""
+    wheel_dir = tmp_path / "wheel"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    if r.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {r.stderr[-300:]}")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    (wheel,) = wheel_dir.glob("*.whl")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
+                        "-q", str(wheel)], capture_output=True, text=True)
+    if r.returncode != 0:   # older pip without --python
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                            "--prefix", str(env_dir), str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (env_dir / "share" / "nhrpbridge" / "templates" / "ipsec.conf.j2").exists()
+    assert os.access(env_dir / "libexec" / "nhrpbridge" / "nhrpbridge-updown", os.X_OK)
+    out = subprocess.run([str(env_dir / "bin" / "nhrpbridge"), "render", "-c",
+                          str(SAMPLES / "hub.yaml")], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert "conn dmvpn-base" in out.stdout
+    loc = subprocess.run([str(py), "-c", "import nhrpbridge; print(nhrpbridge.__file__)"],
+                         capture_output=True, text=True, cwd=tmp_path).stdout
+    assert str(ROOT) not in loc
