@@ -208,12 +208,10 @@ class ApiConnection:
         self._spawn(req_id, self.daemon.terminate(conn, remote, ike_id))
 
     def op_authorize(self, req_id: Any, msg: dict[str, Any]) -> None:
-        decide = getattr(self.daemon, "authorize", None)
-        if decide is None:
-            self.send(jsonl.error_reply(req_id, "not-supported", "authorization not available"))
-            return
-        result = decide(_req_str(msg, "connection"), _req_str(msg, "remote-nbma"),
-                        _req_str(msg, "gre-address"), _opt_str(msg, "local-nbma"))
+        """Dry run of the registration policy: what would nhrpd be told?"""
+        auth = self.daemon.authorizer
+        result = auth.authorize(_req_str(msg, "connection"), _req_str(msg, "remote-nbma"),
+                                _req_str(msg, "gre-address"), _opt_str(msg, "local-nbma"))
         self.reply(req_id, **result)
 
     def _spawn(self, req_id: Any, coro: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import DEFAULT_CONFIG, Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
 
 __all__ = ["main"]
 
@@ -94,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--timeout", type=float, metavar="SECONDS")
         else:
             p.add_argument("--ike-id", type=int, metavar="N", help="only this IKE SA uniqueid")
+
+    p = sub.add_parser("authorize", help="dry-run the registration policy",
+                       description="Would a registration of GRE_ADDRESS from REMOTE_NBMA on "
+                                   "CONNECTION be accepted? Asks the daemon (nothing changes).")
+    _add_socket_args(p)
+    p.add_argument("connection", metavar="CONNECTION")
+    p.add_argument("remote_nbma", metavar="REMOTE_NBMA")
+    p.add_argument("gre_address", metavar="GRE_ADDRESS")
+    p.add_argument("--local-nbma", metavar="ADDR")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("resync", help="reconcile the daemon with pluto now")
     _add_socket_args(p)
@@ -189,6 +199,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -> None:
     """Wire the optional sources and servers the config asks for."""
+    from .authorize import Authorizer, NhrpEventServer
+    from .certs import CertStore
+    store = CertStore(cfg.cert_store).load() if cfg.cert_store else None
+    if getattr(args, "policy", None):
+        from .policy import POLICIES
+        if args.policy not in POLICIES:
+            raise ConfigError([ConfigProblem("--policy", 0, "policy",
+                                             f"{args.policy!r} is not one of {', '.join(POLICIES)}")])
+    daemon.authorizer = Authorizer(daemon, store, getattr(args, "policy", None), cfg.nss_dir,
+                                   cfg.node.cert if cfg.node and cfg.node.auth == "cert" else "")
+    if cfg.event_socket:
+        daemon.servers.append(NhrpEventServer(daemon, daemon.authorizer, cfg.event_socket))
     if not getattr(args, "no_pluto", False):
         from .control import PlutoController
         from .pluto import Whack
@@ -196,7 +218,7 @@ def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -
             ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
     if cfg.vici_socket:
         from .viciserver import ViciServer
-        daemon.servers.append(ViciServer(daemon))
+        daemon.servers.append(ViciServer(daemon, daemon.authorizer.cert_data))
     if cfg.pluto_log:
         from .sources.logfollow import make_follower
         daemon.log_follower = make_follower(cfg.pluto_log)
@@ -376,6 +398,27 @@ def cmd_terminate(args: argparse.Namespace) -> int:
                     **{"remote-host": args.host, "ike-id": args.ike_id})
 
 
+def cmd_authorize(args: argparse.Namespace) -> int:
+    from .client import DaemonUnreachable
+    try:
+        with _client(args) as c:
+            req = {"connection": args.connection, "remote-nbma": args.remote_nbma,
+                   "gre-address": args.gre_address}
+            if args.local_nbma:
+                req["local-nbma"] = args.local_nbma
+            reply = c.request("authorize", **req)
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    if args.json:
+        print(json.dumps(reply, sort_keys=True))
+    elif reply.get("ok"):
+        print(f"{reply['decision']}: {reply['reason']} (policy {reply['policy']})")
+    else:
+        print(f"authorize: {reply['error']['message']}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK if reply.get("accept") else EXIT_FAIL
+
+
 def cmd_resync(args: argparse.Namespace) -> int:
     return _control(args, "resync")
 
@@ -441,4 +484,5 @@ def cmd_version(args: argparse.Namespace) -> int:
 _COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
              "check-config": cmd_check_config, "initiate": cmd_initiate,
              "terminate": cmd_terminate, "resync": cmd_resync, "replay": cmd_replay, "render": cmd_render,
+             "authorize": cmd_authorize,
              "version": cmd_version}

@@ -94,6 +94,7 @@ class Config:
     vici_group: str = ""
     event_socket: str = ""
     cert_store: str = ""
+    nss_dir: str = "/var/lib/ipsec/nss"
     connections: dict[str, ConnConfig] = field(default_factory=dict)
     node: NodeConfig | None = None
 
@@ -188,7 +189,8 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
               "whack-timeout": ("whack_timeout", _number),
               "initiate-timeout": ("initiate_timeout", _number),
               "per-peer-idle": ("per_peer_idle", _number),
-              "version": ("libreswan_version", _choice("auto", "4", "5"))},
+              "version": ("libreswan_version", _choice("auto", "4", "5")),
+              "nss-dir": ("nss_dir", _path)},
     "vici": {"socket": ("vici_socket", _socket_path), "mode": ("vici_mode", _mode),
              "group": ("vici_group", _str)},
     "nhrp-events": {"socket": ("event_socket", _socket_path), "cert-store": ("cert_store", _path)},

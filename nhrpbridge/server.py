@@ -68,6 +68,8 @@ class Daemon:
         self.controller: Any = None      # pluto adapter (initiate/terminate), optional
         self.log_follower: Any = None    # pluto log follower, optional
         self.servers: list[Any] = []     # more sockets (VICI, nhrp events), started after the API
+        from .authorize import Authorizer
+        self.authorizer = Authorizer(self)   # registration authorization; serve adds store/policy
         from .plutolog import LogInterpreter
         self.log_interp = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other sources' persisted positions
@@ -127,8 +129,11 @@ class Daemon:
             else logging.INFO
         log.log(level, "pluto %s: %s %s #%s: %s", notice.kind, notice.conn, notice.peer or "",
                 notice.serial, notice.text)
-        msg = {"type": "notice", "kind": notice.kind, "connection": notice.conn,
-               "remote-host": notice.peer, "serial": notice.serial, "text": notice.text}
+        self.broadcast({"type": "notice", "kind": notice.kind, "connection": notice.conn,
+                        "remote-host": notice.peer, "serial": notice.serial, "text": notice.text})
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        """A message without seq (notices, binding decisions) to every subscriber."""
         for sink in list(self.sinks):
             push = getattr(sink, "push_notice", None)
             if push:
