@@ -21,9 +21,9 @@ test: $(VPY)
 bench: $(VPY)
 	$(VPY) bench/run.py
 
+# the user-mode-linux DMVPN lab (root); REPEAT=N runs it N times
 lab:
-	@echo "make lab: the user-mode-linux DMVPN lab is not implemented yet (issue #8)." >&2
-	@exit 1
+	bash lab/run-lab.sh $(if $(REPEAT),--repeat $(REPEAT))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

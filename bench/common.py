@@ -39,3 +39,65 @@ def percentile(values: list[float], p: float) -> float:
 
 def median(values):
     return statistics.median(values)
+
+
+class Daemon:
+    """`nhrpbridge serve --state-dir` for a benchmark (VICI on, no pluto)."""
+
+    def __init__(self, state: Path, vici: bool = True):
+        self.state = Path(state)
+        self.vici = str(self.state / "charon.vici") if vici else None
+        self.proc = None
+
+    def start(self, wait: float = 60.0) -> "Daemon":
+        args = [sys.executable, "-m", "nhrpbridge", "serve", "--state-dir", str(self.state),
+                "--no-pluto", "--log-level", "warning"]
+        if self.vici:
+            args += ["--vici-socket", self.vici]
+        self.proc = subprocess.Popen(args, cwd=ROOT, stderr=open(self.state.parent / "daemon.log", "a"))
+        end = time.monotonic() + wait
+        target = Path(self.vici or self.state / "api.sock")
+        while not target.exists():
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise RuntimeError("daemon did not start; see daemon.log")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def api(self) -> str:
+        return str(self.state / "api.sock")
+
+    def rss_mb(self) -> float:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def record_bytes(env: dict) -> bytes:
+    """Exactly what the hook writes (dash `export -p` quoting plus the trailer)."""
+    return ("".join(f"export {k}={quote(v)}\n" for k, v in sorted(env.items()))
+            + "# nhrpbridge-end\n").encode()
+
+
+def write_record(spool: Path, seq: int, env: dict) -> None:
+    (spool / f"{1000000000000 + seq}-{os.getpid()}.rec").write_bytes(record_bytes(env))
+
+
+def spoke_env(i: int, verb: str = "up-host") -> dict:
+    peer = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+    return {"PLUTO_VERB": verb, "PLUTO_CONNECTION": "dmvpn", "PLUTO_ME": "198.51.100.1",
+            "PLUTO_PEER": peer, "PLUTO_MY_ID": "C=XX, O=DMVPN Lab, CN=hub.dmvpn.example",
+            "PLUTO_PEER_ID": f"C=XX, O=DMVPN Lab, CN=spoke{i}.dmvpn.example",
+            "PLUTO_CONNECTION_TYPE": "transport", "PLUTO_SA_TYPE": "ESP", "PLUTO_SA_REQID": str(16384 + 4 * i),
+            "SPI_IN": hex(0x10000000 + i), "SPI_OUT": hex(0x20000000 + i),
+            "PLUTO_MY_CLIENT": "198.51.100.1/32", "PLUTO_PEER_CLIENT": f"{peer}/32"}

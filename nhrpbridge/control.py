@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PlutoError
 from .pluto import (Result, Runner, Whack, check_conn_name, check_ip, error_for,
-                    parse_showstates, parse_trafficstatus, parse_version, per_peer_name,
+                    parse_showstates, parse_trafficstatus, parse_version, per_peer_name, reply_code,
                     pluto_view, subprocess_runner)
 from .sadb import Event, Reconcile, link_dict
 
@@ -75,7 +75,7 @@ class PlutoController:
         self.stats["whack-calls"] += 1
         log.debug("running %s", argv)
         result = await self.run_cmd(argv, timeout or self.cfg.whack_timeout)
-        if result.rc != 0:
+        if reply_code(result) != 0:
             raise error_for(result, what)
         return result
 
@@ -186,7 +186,16 @@ class PlutoController:
             return "joined-pluto-state"
         if self._per_peer(conn):
             await self._ensure_per_peer(conn, remote, name)
-            await self.call(self.whack.initiate(name), f"whack --initiate {name}")
+            try:
+                await self.call(self.whack.initiate(name), f"whack --initiate {name}")
+            except PlutoError as exc:
+                if exc.code != "unknown-connection":
+                    raise
+                # pluto restarted and forgot our per-peer conns: add it again, once
+                log.info("pluto no longer knows %s (restarted?); adding it again", name)
+                self.per_peer.pop(name, None)
+                await self._ensure_per_peer(conn, remote, name)
+                await self.call(self.whack.initiate(name), f"whack --initiate {name}")
         else:
             await self.call(self.whack.initiate(conn, remote), f"whack --initiate {conn}")
         log.info("initiate %s -> %s: whack --initiate --name %s sent", conn, remote, name)

@@ -27,7 +27,7 @@ from .updown import peer_suffix, profile_of
 __all__ = [
     "Result", "Runner", "subprocess_runner", "Whack", "PlutoState", "Traffic",
     "parse_version", "parse_showstates", "parse_trafficstatus", "pluto_view",
-    "check_conn_name", "check_ip", "per_peer_name", "error_for",
+    "check_conn_name", "check_ip", "per_peer_name", "error_for", "reply_code",
 ]
 
 CONN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -81,16 +81,35 @@ def per_peer_name(profile: str, remote: str) -> str:
     return f"{profile}-{peer_suffix(remote)}"
 
 
+def reply_code(result: Result) -> int:
+    """The exit status whack *should* have had.
+
+    With --asynchronous, 4.10 exits 0 even when pluto answered `021 no connection
+    named "x"` (observed: rc 0 with, rc 21 without --asynchronous), so the numeric
+    reply codes in the output are the truth; 5.x prints no codes, so its wording is
+    checked too.
+    """
+    if result.rc != 0:
+        return result.rc
+    for line in result.stdout.splitlines():
+        m = re.match(r"^(\d{3}) ", line)
+        if m and 20 <= int(m.group(1)) < 100:
+            return int(m.group(1))
+        if line.startswith("no connection named "):
+            return 21
+    return 0
+
+
 def error_for(result: Result, what: str) -> PlutoError:
     """Map a failed whack call to an API error."""
     text = (result.stdout + result.stderr).strip()
     last = text.splitlines()[-1] if text else ""
     last = re.sub(r"^\d{3} ", "", last)
-    code = {21: "unknown-connection", 25: "could-not-route", 29: "not-a-template"}.get(result.rc)
-    if result.rc == 33 or "not running" in text:
+    rc = reply_code(result)
+    code = {21: "unknown-connection", 25: "could-not-route", 29: "not-a-template"}.get(rc)
+    if rc == 33 or "not running" in text:
         code = "pluto-not-running" if "not running" in text else "whack-error"
-    return PlutoError(f"{what} failed (rc {result.rc}): {last or 'no output'}",
-                      code or "pluto-error", result.rc)
+    return PlutoError(f"{what} failed (rc {rc}): {last or 'no output'}", code or "pluto-error", rc)
 
 
 # ---- pure parsers ---------------------------------------------------------------

@@ -30,7 +30,7 @@ from . import __version__
 from .errors import PlutoError, RemoteProtocolError
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
 from .sadb import ChildSa, Event, IkeSa
-from .unixsock import PeerCred, group_ids, may_control, peer_cred
+from .unixsock import PeerCred, may_control, peer_cred
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -173,9 +173,8 @@ class ViciServer:
         self.daemon = daemon
         self.connections: set[ViciConnection] = set()
         self.cert_lookup = cert_lookup
-        cfg = daemon.cfg
-        self.allowed_gids = group_ids(list(cfg.control_groups) +
-                                      ([cfg.vici_group] if cfg.vici_group else []))
+        # the socket group may read; only control-groups (and root) may initiate/terminate
+        self.allowed_gids = daemon.allowed_gids
         daemon.add_sink(self)
 
     async def start(self) -> None:

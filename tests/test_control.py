@@ -249,3 +249,22 @@ def test_stand_in_ipsec_gets_argv_without_a_shell(sockdir):
     finally:
         d.kill9()
         del os.environ["STANDIN_DIR"]
+
+
+def test_per_peer_conn_forgotten_by_a_restarted_pluto_is_added_again(tmp_path):
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+    ctl.per_peer["dmvpn-198-51-100-12"] = __import__("nhrpbridge.control").control.PerPeer("dmvpn", R)
+    first = [True]
+
+    async def run(argv, timeout):
+        if "--initiate" in argv and first[0]:
+            first[0] = False
+            runner.calls.append(argv)       # what 4.10 really does with --asynchronous: rc 0
+            return Result(0, "000 initiating all conns with alias='dmvpn-198-51-100-12'\n"
+                             "021 no connection named \"dmvpn-198-51-100-12\"\n", "")
+        return await runner(argv, timeout)
+    ctl.run_cmd = run
+    r = asyncio.run(ctl.initiate("dmvpn", R, wait=False))
+    assert r == {"result": "initiated"}
+    assert len(runner.named("addconn")) == 1 and len(runner.named("--initiate")) == 2

@@ -88,3 +88,13 @@ def test_hostile_addresses_are_rejected(addr):
 def test_error_mapping(rc, out, code):
     err = error_for(Result(rc, out, ""), "whack --initiate")
     assert err.code == code and f"rc {rc}" in str(err)
+
+
+def test_asynchronous_initiate_of_an_unknown_conn_exits_0_but_is_an_error():
+    """Observed with libreswan 4.10: rc 0 with --asynchronous, rc 21 without."""
+    out = '000 initiating all conns with alias=\'nosuch\'\n021 no connection named "nosuch"\n'
+    from nhrpbridge.pluto import reply_code
+    assert reply_code(Result(0, out, "")) == 21
+    assert error_for(Result(0, out, ""), "whack --initiate").code == "unknown-connection"
+    assert reply_code(Result(0, 'no connection named "nosuch"\n', "")) == 21     # 5.x: no codes
+    assert reply_code(Result(0, "002 \"dmvpn\" #1: initiating IKEv2 connection\n", "")) == 0

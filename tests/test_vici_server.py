@@ -5,6 +5,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -250,3 +251,36 @@ def test_refuses_to_take_over_a_live_socket_and_removes_a_stale_one(sockdir):
         wait_until(lambda: session(path).version(), what="vici served")
     finally:
         d2.kill9()
+
+
+def test_vici_control_ops_refused_to_other_uids(sockdir):
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    sockdir.chmod(0o755)
+    state = sockdir / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    cfg = sockdir / "nb.yaml"
+    cfg.write_text(f"state-dir: {state}\nvici:\n  socket: {sockdir}/charon.vici\n  group: nogroup\n")
+    d = DaemonProc(state, "-c", str(cfg))
+    d.start()
+    try:
+        wait_until(lambda: os.path.exists(sockdir / "charon.vici"), what="vici socket")
+        # our stdlib-only codec: third-party packages may not be readable for uid 65534
+        code = ("import socket,sys\nfrom nhrpbridge.protocol.vici import *\n"
+                "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); d=Decoder()\n"
+                "def ask(name, msg):\n"
+                "    s.sendall(encode_packet(Packet(PacketType.CMD_REQUEST, name, msg)))\n"
+                "    while (p := d.next_packet()) is None: d.feed(s.recv(65536))\n"
+                "    return p.message\n"
+                "print(ask('version', {})['daemon'].decode())\n"
+                "r = ask('initiate', {'child': 'dmvpn', 'other-host': '192.0.2.1', 'async': '1'})\n"
+                "print(r['success'].decode(), r['errmsg'].decode(), file=sys.stderr)\n")
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", code, str(sockdir / "charon.vici")],
+                             capture_output=True, text=True, timeout=30, cwd=str(DATA.parents[1]))
+        assert out.stdout.strip() == "nhrpbridge"             # reading is allowed to the group
+        assert "permission denied" in out.stderr              # control is not
+        assert "VICI initiate refused to pid=" in d.log.read_text()
+    finally:
+        d.kill9()

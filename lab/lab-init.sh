@@ -1,0 +1,263 @@
+#!/bin/sh
+# PID 1 inside the user-mode-linux guest (adapted from the reference lab recipe).
+# Stage 1 builds an overlay root (lower = the host's / via hostfs, read-only in effect;
+# upper = guest tmpfs) and bind-mounts only $LABOUT writable, then chroots into it: the
+# guest cannot write the host anywhere else.
+#
+# Topology (inside the UML kernel only):
+#   br0 <-veth-> netns labhub    eth0 198.51.100.1/24  gre1 203.0.113.1
+#       <-veth-> netns labspoke1 eth0 198.51.100.11/24 gre1 203.0.113.11
+#       <-veth-> netns labspoke2 eth0 198.51.100.12/24 gre1 203.0.113.12
+#       <-veth-> netns labspoke3 eth0 198.51.100.13/24 gre1 203.0.113.13 (forged certificate)
+# Per node: pluto (ipsec.conf from `nhrpbridge render`, X.509 from the lab CA, leftupdown =
+# our hook), and in a private mount namespace (own /run, so /run/charon.vici is per node)
+# `nhrpbridge serve` (VICI socket, nhrp event socket, log follower), zebra and nhrpd. nhrpd,
+# not this script, triggers every IKE negotiation through nhrpbridge's VICI socket.
+# Kernel command line: LABOUT (results dir), SRC (project copy), PY (python3 binary).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+if [ "$LABSTAGE" != 2 ]; then
+  mount -t proc proc /proc
+  mount -t tmpfs tmpfs /tmp
+  KV=$(uname -r)
+  mkdir -p /tmp/modroot/lib/modules/$KV
+  mount --bind /usr/lib/uml/modules/$KV /tmp/modroot/lib/modules/$KV
+  mkdir -p /tmp/ov/upper /tmp/ov/work /tmp/ov/root
+  if /sbin/modprobe -d /tmp/modroot overlay &&
+     mount -t overlay overlay -o lowerdir=/,upperdir=/tmp/ov/upper,workdir=/tmp/ov/work /tmp/ov/root &&
+     [ -d "$LABOUT" ] && mount --bind "$LABOUT" "/tmp/ov/root$LABOUT"; then
+    umount /tmp/modroot/lib/modules/$KV
+    LABSTAGE=2 exec chroot /tmp/ov/root "$0"
+  fi
+  echo "STAGE1-FAIL: could not build the overlay root (LABOUT=$LABOUT); refusing to run on the host fs"
+  echo o > /proc/sysrq-trigger 2>/dev/null; poweroff -f
+fi
+# ---- stage 2: inside the overlay root ----
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t devtmpfs dev /dev 2>/dev/null || true
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts 2>/dev/null; mount -t tmpfs tmpfs /dev/shm
+ip link set lo up
+NODES="hub spoke1 spoke2 spoke3"
+up() { cut -d' ' -f1 /proc/uptime; }
+vt() { ip netns exec lab$1 vtysh --vty_socket /tmp/lab/$1/frr -c "$2" 2>&1; }
+wk() { ipsec whack --rundir /tmp/lab/$1/run "$2"; }
+nblog() { cat "$LABOUT/$1/nhrpbridge.log" 2>/dev/null; }
+RESULTS=""
+scenario() { # name verdict evidence
+  echo "SCENARIO $1 $2: $3"; RESULTS="$RESULTS $1=$2"
+}
+waitfor() { # seconds command...: poll every 0.3 s until the deadline (guest uptime)
+  end=$(awk -v u="$(up)" -v t="$1" 'BEGIN{print u + t}'); shift
+  until "$@" >/dev/null 2>&1; do
+    awk -v u="$(up)" -v e="$end" 'BEGIN{exit !(u > e)}' && return 1; sleep 0.3
+  done; return 0
+}
+ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; esac; }
+
+start_pluto() { # node (respawn loop; pid in run/pluto.pid)
+  n=$1
+  ( while :; do
+      rm -f /tmp/lab/$n/run/pluto.pid /tmp/lab/$n/run/pluto.ctl
+      ip netns exec lab$n /usr/libexec/ipsec/pluto --config /tmp/lab/$n/ipsec.conf --nofork \
+        --rundir /tmp/lab/$n/run --nssdir /tmp/lab/$n/nss --secretsfile /tmp/lab/$n/ipsec.secrets \
+        --ipsecdir /tmp/lab/$n >> /tmp/lab/$n/pluto.stdout 2>&1
+      [ -f /tmp/lab/$n/norespawn-pluto ] && break; sleep 0.5
+    done ) &
+}
+
+main() {
+  echo "T kernel-up $(up)"
+  KV=$(uname -r)
+  mkdir -p /tmp/modroot/lib/modules/$KV
+  mount --bind /usr/lib/uml/modules/$KV /tmp/modroot/lib/modules/$KV
+  /sbin/modprobe -d /tmp/modroot -a esp4 xfrm_user ip_gre veth bridge authenc gcm ghash_generic \
+     ctr seqiv echainiv hmac sha256_generic sha512_generic drbg jitterentropy_rng \
+     nfnetlink nfnetlink_log x_tables xt_NFLOG xt_hashlimit ip_tables iptable_filter \
+     || echo "MODPROBE-FAIL"
+  echo > /proc/sys/kernel/modprobe
+  echo "T modules-loaded $(up)"
+  ip link add br0 type bridge; ip link set br0 up
+  for n in $NODES; do
+    o=$(ip_of $n); ip netns add lab$n
+    ip link add v-$n type veth peer name eth0 netns lab$n
+    ip link set v-$n master br0 up
+    ip -n lab$n link set lo up
+    ip -n lab$n addr add 198.51.100.$o/24 dev eth0; ip -n lab$n link set eth0 up
+    # bound to eth0, or zebra sets gre1 admin-down (nhrpd-loop.md gotcha 5)
+    ip -n lab$n tunnel add gre1 mode gre key 42 ttl 64 dev eth0
+    ip -n lab$n addr add 203.0.113.$o/32 dev gre1; ip -n lab$n link set gre1 up
+    if [ $n = hub ]; then ip -n lab$n route add 203.0.113.0/24 dev gre1
+    else ip -n lab$n route add 203.0.113.0/24 via 203.0.113.1 dev gre1 onlink; fi
+    mkdir -p /tmp/lab/$n/run /tmp/lab/$n/nss /tmp/lab/$n/nb/spool /tmp/lab/$n/frr
+    chmod 700 /tmp/lab/$n/nb/spool
+    ipsec initnss --nssdir /tmp/lab/$n/nss >/dev/null
+    pk12util -i $LABOUT/pki/$n.p12 -d sql:/tmp/lab/$n/nss -W lab >/dev/null
+    certutil -A -d sql:/tmp/lab/$n/nss -n ca -t CT,, -a -i $LABOUT/pki/ca.pem
+    : > /tmp/lab/$n/ipsec.secrets; chmod 600 /tmp/lab/$n/ipsec.secrets
+    { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
+      cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
+  done
+  echo "T netns+nss-ready $(up)"
+  for n in $NODES; do start_pluto $n; done
+  for n in $NODES; do
+    waitfor 20 wk $n --globalstatus || echo "PLUTO $n NOT UP"
+  done
+  echo "T plutos-up $(up)"
+  tcpdump -i br0 -nn -U -w /tmp/lab/wire.pcap 'ip proto 47 or ip proto 50' >/tmp/lab/tcpdump.log 2>&1 &
+  TD=$!
+  waitfor 5 grep -q listening /tmp/lab/tcpdump.log
+  ip netns exec labhub sysctl -qw net.ipv4.ip_forward=1
+  # hub: NFLOG for hub-transit gre1->gre1 traffic (FRR docs rule; iptables-legacy works here)
+  ip netns exec labhub iptables-legacy -A FORWARD -i gre1 -o gre1 -m hashlimit --hashlimit-upto 4/minute \
+    --hashlimit-burst 1 --hashlimit-mode srcip,dstip --hashlimit-srcmask 24 --hashlimit-dstmask 24 \
+    --hashlimit-name loglimit-0 -j NFLOG --nflog-group 1 --nflog-size 128 2>&1 | grep -v 'has never worked'
+  for n in $NODES; do
+    d=/tmp/lab/$n/frr
+    echo "hostname $n-zebra" > $d/zebra.conf
+    { echo "hostname $n-nhrpd"; echo "log timestamp precision 6"; echo "debug nhrp all"
+      grep -v '^ ip address ' $LABOUT/$n/frr.conf; } > $d/nhrpd.conf
+    chown -R frr:frr $d
+    # never `nsenter -m` into this namespace later (it escapes the overlay): restarts go
+    # through the respawn loops below
+    ip netns exec lab$n unshare -m --propagation private sh -c "
+      mount -t tmpfs tmpfs /run
+      ( while :; do PYTHONPATH=$SRC $PY -m nhrpbridge serve -c $LABOUT/$n/nhrpbridge.yaml \
+          2>>$LABOUT/$n/nhrpbridge.log & echo \$! > /tmp/lab/$n/nb.pid; wait \$!
+        echo \"nhrpbridge exited rc=\$? at \$(cut -d' ' -f1 /proc/uptime)\" >> $LABOUT/$n/nhrpbridge.log
+        [ -f /tmp/lab/$n/norespawn ] && break; sleep 0.3; done ) &
+      i=0; until [ -S /run/charon.vici ] && [ -S /run/nhrp-events.sock ]; do
+        i=\$((i+1)); [ \$i -gt 300 ] && break; sleep 0.1; done
+      /usr/lib/frr/zebra -f $d/zebra.conf -i $d/zebra.pid -z $d/zserv.api \
+        --vty_socket $d -A 127.0.0.1 -P 0 --log file:$LABOUT/$n/zebra.log > $LABOUT/$n/zebra.out 2>&1 &
+      i=0; until [ -S $d/zserv.api ]; do i=\$((i+1)); [ \$i -gt 100 ] && break; sleep 0.1; done
+      ( while :; do /usr/lib/frr/nhrpd -f $d/nhrpd.conf -i $d/nhrpd.pid -z $d/zserv.api \
+          --vty_socket $d -A 127.0.0.1 -P 0 --log file:$LABOUT/$n/nhrpd.log --log-level debug;
+        [ -f /tmp/lab/$n/norespawn ] && break; sleep 0.3; done ) > $LABOUT/$n/nhrpd.out 2>&1 &
+    " </dev/null >$LABOUT/$n/wrap.out 2>&1
+    echo "T stack-started-$n $(up)"
+  done
+  PINGS=0
+  ping_ok() { # from to: one ping, counted for the wire check
+    PINGS=$((PINGS+1)); ip netns exec lab$1 ping -c1 -W1 $2 >/dev/null 2>&1
+  }
+  pingtest() { i=0; while [ $i -lt 20 ]; do ping_ok $1 $2 && return 0; i=$((i+1)); sleep 0.3; done; return 1; }
+
+  # ---- 1. registration ------------------------------------------------------------
+  hub_has() { vt hub 'show ip nhrp cache' | grep -E "^gre1 +dynamic +$1 " ; }
+  if waitfor 60 hub_has 203.0.113.11 && waitfor 20 hub_has 203.0.113.12; then R1=PASS; else R1=FAIL; fi
+  echo "T registration-checked $(up)"
+  echo "=== hub: show ip nhrp cache"; vt hub 'show ip nhrp cache'
+  echo "=== hub: show dmvpn"; vt hub 'show dmvpn'
+  ACC=$(nblog hub | grep -c 'binding-accepted: GRE 203.0.113.1[12] ')
+  INI=$(nblog spoke1 | grep -c 'initiate dmvpn -> 198.51.100.1: whack --initiate')
+  nblog hub | grep 'binding-' | sed 's/^/  hub nhrpbridge: /'
+  nblog spoke1 | grep 'initiate dmvpn' | sed 's/^/  spoke1 nhrpbridge: /'
+  [ "$ACC" -ge 2 ] && [ "$INI" -ge 1 ] || R1=FAIL
+  scenario registration $R1 "hub cache has 203.0.113.11+.12 as dynamic; $ACC bindings accepted by nhrpbridge; spoke1's nhrpd initiated via VICI ($INI whack calls)"
+
+  # ---- 2. shortcut -----------------------------------------------------------------
+  pingtest spoke1 203.0.113.1; pingtest spoke2 203.0.113.1
+  echo "T shortcut-traffic-start $(up)"
+  SC=FAIL; i=0
+  while [ $i -lt 40 ]; do
+    ping_ok spoke1 203.0.113.12
+    rt=$(ip -n labspoke1 route get 203.0.113.12 2>&1 | head -1)
+    case "$rt" in *via*) ;; *)
+      if wk spoke1 --trafficstatus | grep -q 198.51.100.12; then SC=PASS; break; fi;; esac
+    i=$((i+1)); sleep 0.5
+  done
+  echo "T shortcut-route-direct $(up) ($SC)"
+  for k in 1 2 3 4 5 6 7 8 9 10; do ping_ok spoke1 203.0.113.12; ping_ok spoke2 203.0.113.11; done
+  echo "=== spoke1: route/neigh/traffic"; ip -n labspoke1 route get 203.0.113.12; ip -n labspoke1 neigh show dev gre1
+  wk spoke1 --trafficstatus; vt spoke1 'show ip nhrp shortcut'
+  echo "=== spoke2: traffic"; wk spoke2 --trafficstatus
+  IKE12=$(wk spoke1 --showstates | grep -c 'STATE_V2_ESTABLISHED_IKE_SA.*' )
+  scenario shortcut $SC "spoke1 route to 203.0.113.12: '$(ip -n labspoke1 route get 203.0.113.12 | head -1)'; direct SA: '$(wk spoke1 --trafficstatus | grep 198.51.100.12 | head -1 | cut -c1-90)'"
+
+  # ---- 5. no cleartext (over everything so far) -----------------------------------
+  sleep 0.5
+  GRE=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 47' 2>/dev/null | wc -l)
+  ESP=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 50' 2>/dev/null | wc -l)
+  D12=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 50 and host 198.51.100.11 and host 198.51.100.12' 2>/dev/null | wc -l)
+  [ "$GRE" -eq 0 ] && [ "$ESP" -ge "$PINGS" ] && [ "$D12" -gt 0 ] && R5=PASS || R5=FAIL
+  scenario no-cleartext $R5 "bridge capture: cleartext GRE=$GRE, ESP=$ESP (>= $PINGS pings sent), direct spoke1<->spoke2 ESP=$D12"
+
+  # ---- 4. forged registration --------------------------------------------------------
+  waitfor 30 sh -c "grep -q 'binding-rejected: GRE 203.0.113.13 from NBMA 198.51.100.13' $LABOUT/hub/nhrpbridge.log"
+  REJ=$(nblog hub | grep 'binding-rejected: GRE 203.0.113.13' | head -1)
+  echo "  hub nhrpbridge: $REJ"
+  if [ -n "$REJ" ] && ! hub_has 203.0.113.13 >/dev/null && echo "$REJ" | grep -q 'not in the subjectAltNames'; then
+    R4=PASS; else R4=FAIL; fi
+  scenario forged-registration $R4 "spoke3 claims 203.0.113.13 with a certificate for 203.0.113.99: $(echo "$REJ" | sed 's/.*binding-rejected: //' | cut -c1-150); hub cache entry for .13: '$(hub_has 203.0.113.13 | head -1)'"
+
+  # ---- 6. restarts -------------------------------------------------------------------
+  serials() { wk hub --showstates | grep -o '#[0-9]*: "dmvpn' | sort -u | tr '\n' ' '; }
+  S0=$(serials)
+  NB0=$(cat /tmp/lab/hub/nb.pid)
+  kill -9 $NB0
+  echo "T hub-nhrpbridge-killed $(up)"
+  waitfor 30 sh -c "[ \"\$(cat /tmp/lab/hub/nb.pid)\" != $NB0 ] && [ -S /tmp/lab/hub/nb/api.sock ]"
+  echo "T hub-nhrpbridge-back $(up)"
+  vt hub 'show dmvpn'
+  R6=PASS; W6=""
+  # nhrpd resets every VC when its VICI connection drops (nhrp_vc_reset), which deletes
+  # the dynamic cache entries; the spokes register again at their next periodic
+  # registration (holdtime/3 = 20 s here) over the SAs that stayed up: no new IKE.
+  for s in 203.0.113.11 203.0.113.12; do
+    waitfor 30 hub_has $s || { R6=FAIL; W6="$W6 $s not registered again after nhrpbridge kill;"; }; done
+  pingtest spoke1 203.0.113.1 || { R6=FAIL; W6="$W6 spoke1->hub ping;"; }
+  S1=$(serials); [ "$S0" = "$S1" ] || { R6=FAIL; W6="$W6 new IKE ($S0 -> $S1);"; }
+  echo "T hub-nhrpbridge-restarted $(up) $W6"
+  kill $(cat /tmp/lab/hub/frr/nhrpd.pid)
+  echo "T hub-nhrpd-killed $(up)"
+  sleep 2
+  waitfor 40 hub_has 203.0.113.11 && waitfor 20 hub_has 203.0.113.12 || { R6=FAIL; W6="$W6 spokes not re-registered after nhrpd restart;"; }
+  pingtest spoke2 203.0.113.1 || { R6=FAIL; W6="$W6 spoke2->hub ping;"; }
+  S2=$(serials); [ "$S1" = "$S2" ] || { R6=FAIL; W6="$W6 new IKE after nhrpd restart ($S1 -> $S2);"; }
+  echo "T hub-nhrpd-restarted $(up) $W6"
+  kill -9 $(cat /tmp/lab/spoke1/run/pluto.pid)
+  echo "T spoke1-pluto-killed $(up)"
+  waitfor 20 sh -c "grep -q 'link-down seq=[0-9]* dmvpn 198.51.100.11 -> 198.51.100.1 ' $LABOUT/spoke1/nhrpbridge.log" \
+    || { R6=FAIL; W6="$W6 spoke1 nhrpbridge saw no link-down;"; }
+  echo "T spoke1-link-down-seen $(up)"
+  # a per-peer conn prints no peer address in --trafficstatus: match its name too
+  waitfor 90 sh -c "ipsec whack --rundir /tmp/lab/spoke1/run --trafficstatus | grep -Eq '\"dmvpn-198-51-100-1\"|\"dmvpn\"\[[0-9]+\] 198.51.100.1,'" \
+    || { R6=FAIL; W6="$W6 spoke1 SA to hub not back;"; }
+  pingtest spoke1 203.0.113.1 || { R6=FAIL; W6="$W6 spoke1->hub after pluto restart;"; }
+  echo "T spoke1-back $(up)"
+  scenario restarts $R6 "hub IKE serials before/after nhrpbridge and nhrpd restarts: [$S0] [$S1] [$S2]; spoke1 pluto kill -> link-down -> SA back via nhrpd;$W6"
+
+  # ---- 3. loss -----------------------------------------------------------------------
+  touch /tmp/lab/spoke2/norespawn-pluto
+  kill -9 $(cat /tmp/lab/spoke2/run/pluto.pid)
+  echo "T spoke2-pluto-killed $(up)"
+  R3=PASS; W3=""
+  waitfor 40 sh -c "grep -q 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' $LABOUT/hub/nhrpbridge.log" \
+    || { R3=FAIL; W3="no link-down on the hub;"; }
+  echo "T hub-link-down $(up)"
+  LD=$(nblog hub | grep 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' | tail -1)
+  LV=$(grep -E 'timeout exceeded|liveness' $LABOUT/hub/pluto.log | grep 198.51.100.12 | tail -1)
+  waitfor 90 sh -c "! vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -q ' 203.0.113.12 '" \
+    || { R3=FAIL; W3="$W3 hub nhrpd kept 203.0.113.12;"; }
+  echo "T hub-cache-cleared $(up)"
+  scenario loss $R3 "hub pluto: '$(echo "$LV" | cut -c1-140)'; hub nhrpbridge: '$(echo "$LD" | cut -c1-120)'; hub cache entry for .12: '$(hub_has 203.0.113.12 | head -1)' $W3"
+
+  # ---- shut down --------------------------------------------------------------------
+  kill $TD 2>/dev/null; wait $TD 2>/dev/null
+  for n in $NODES; do touch /tmp/lab/$n/norespawn /tmp/lab/$n/norespawn-pluto; done
+  for n in $NODES; do
+    d=/tmp/lab/$n/frr; kill $(cat $d/nhrpd.pid) $(cat $d/zebra.pid) $(cat /tmp/lab/$n/nb.pid) 2>/dev/null
+  done
+  for n in $NODES; do wk $n --shutdown >/dev/null 2>&1; done
+  sleep 1
+  cp /tmp/lab/wire.pcap "$LABOUT/" 2>/dev/null
+  for n in $NODES; do cp /tmp/lab/$n/ipsec.conf /tmp/lab/$n/nb/peers.conf /tmp/lab/$n/pluto.stdout "$LABOUT/$n/" 2>/dev/null; done
+  echo "T shutdown-done $(up)"
+  case "$RESULTS" in *=FAIL*) echo "LAB-RESULT: FAIL";; *) echo "LAB-RESULT: PASS";; esac
+}
+main 2>&1 | tee "$LABOUT/guest-console.log"
+echo LAB-INIT-FINISHED
+poweroff -f
