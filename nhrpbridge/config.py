@@ -87,6 +87,7 @@ class Config:
     reconcile_interval: float = 30.0
     whack_timeout: float = 10.0
     initiate_timeout: float = 30.0
+    initiate_retry: float = 60.0
     per_peer_idle: float = 300.0
     libreswan_version: str = "auto"
     vici_socket: str = ""
@@ -188,6 +189,7 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
               "reconcile-interval": ("reconcile_interval", _number),
               "whack-timeout": ("whack_timeout", _number),
               "initiate-timeout": ("initiate_timeout", _number),
+              "initiate-retry": ("initiate_retry", _number),
               "per-peer-idle": ("per_peer_idle", _number),
               "version": ("libreswan_version", _choice("auto", "4", "5")),
               "nss-dir": ("nss_dir", _path)},

@@ -39,9 +39,20 @@ from .sadb import Event, Reconcile, link_dict
 if TYPE_CHECKING:
     from .server import Daemon
 
-__all__ = ["PlutoController"]
+__all__ = ["PlutoController", "TRANSIENT"]
 
 log = logging.getLogger("nhrpbridge.pluto")
+# failures worth retrying: nhrpd itself asks again only after ~2 minutes (nhrpd-loop.md)
+TRANSIENT = frozenset({"pluto-not-running", "timeout", "whack-error"})
+
+
+def _consume(task: asyncio.Task) -> None:
+    """Retrieve a background attempt's outcome so asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
+    first = getattr(task, "first", None)
+    if first is not None and first.done() and not first.cancelled():
+        first.exception()
 
 
 @dataclass
@@ -152,14 +163,26 @@ class PlutoController:
         try:
             task = self.inflight.get(key)
             if task is None:
-                task = loop.create_task(self._start(conn, remote, local))
+                first: asyncio.Future = loop.create_future()
+                # only fire-and-forget requests (VICI async: nhrpd cannot hear about a
+                # failure in time) are retried; a waiting caller gets the error at once
+                task = loop.create_task(self._start_retrying(conn, remote, local, first,
+                                                             retry=not wait))
+                task.first = first                   # type: ignore[attr-defined]
                 self.inflight[key] = task
                 task.add_done_callback(lambda t, k=key: self.inflight.pop(k, None))
+                task.add_done_callback(_consume)
             else:
                 self.stats["joined"] += 1
-            how = await asyncio.shield(task)        # raises PlutoError if whack failed
             if not wait:
-                return {"result": how}
+                # answer after the first attempt; retries of a transient failure go on
+                # in the background (a VICI client's queue must not wait for them)
+                return {"result": await asyncio.shield(task.first)}   # type: ignore[attr-defined]
+            try:                                    # raises PlutoError if whack failed
+                how = await asyncio.wait_for(asyncio.shield(task), timeout)
+            except asyncio.TimeoutError:
+                raise PlutoError(f"initiating {conn} to {remote} did not finish within "
+                                 f"{timeout:g} s", "timeout") from None
             try:
                 link = await asyncio.wait_for(fut, timeout)
             except asyncio.TimeoutError:
@@ -168,6 +191,30 @@ class PlutoController:
             return {"result": "up", "how": how, "link": link_dict(link)}
         finally:
             self.waiters.remove((conn, remote, local, fut))
+
+    async def _start_retrying(self, conn: str, remote: str, local: str | None,
+                              first: asyncio.Future, retry: bool = True) -> str:
+        """`_start`, retried on transient failures for `initiate-retry` seconds."""
+        deadline = self.clock() + (self.cfg.initiate_retry if retry else 0)
+        delay = 1.0
+        while True:
+            try:
+                how = await self._start(conn, remote, local)
+            except PlutoError as exc:
+                if exc.code not in TRANSIENT or self.clock() + delay > deadline \
+                        or self._link_up(conn, remote, local) is not None:
+                    if not first.done():
+                        first.set_exception(exc)
+                    raise
+                log.warning("initiate %s -> %s: %s; retrying in %g s", conn, remote, exc, delay)
+                if not first.done():
+                    first.set_result("retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            if not first.done():
+                first.set_result(how)
+            return how
 
     async def _start(self, conn: str, remote: str, local: str | None) -> str:
         """One attempt per key: race check, per-peer conn, whack --initiate."""

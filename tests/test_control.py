@@ -268,3 +268,38 @@ def test_per_peer_conn_forgotten_by_a_restarted_pluto_is_added_again(tmp_path):
     r = asyncio.run(ctl.initiate("dmvpn", R, wait=False))
     assert r == {"result": "initiated"}
     assert len(runner.named("addconn")) == 1 and len(runner.named("--initiate")) == 2
+
+
+def test_transient_failure_is_retried_in_the_background(tmp_path):
+    """Lab finding: nhrpd asks right after pluto restarts, and asks again only ~2 min later."""
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+    down = [2]
+
+    async def run(argv, timeout):
+        if "--showstates" in argv and down[0] > 0:
+            down[0] -= 1
+            runner.calls.append(argv)
+            return Result(33, "", 'whack: Pluto is not running (no "/run/pluto/pluto.ctl")\n')
+        return await runner(argv, timeout)
+    ctl.run_cmd = run
+
+    async def scenario():
+        r = await ctl.initiate("dmvpn", R, wait=False)       # answered at once
+        assert r == {"result": "retrying"}
+        for _ in range(100):
+            if runner.named("--initiate"):
+                break
+            await asyncio.sleep(0.1)
+        d.apply(child_up(conn="dmvpn-198-51-100-12"))
+        return await ctl.initiate("dmvpn", R)
+    assert asyncio.run(scenario())["result"] == "already-up"
+    assert len(runner.named("--initiate")) == 1
+
+
+def test_permanent_failure_is_not_retried(tmp_path):
+    runner = RecordingWhack(rc={"addconn": 3})
+    d, ctl = make(tmp_path, runner)
+    with pytest.raises(PlutoError):
+        asyncio.run(ctl.initiate("dmvpn", R, wait=False))
+    assert len(runner.named("addconn")) == 1
