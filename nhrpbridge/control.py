@@ -43,7 +43,7 @@ __all__ = ["PlutoController", "TRANSIENT"]
 
 log = logging.getLogger("nhrpbridge.pluto")
 # failures worth retrying: nhrpd itself asks again only after ~2 minutes (nhrpd-loop.md)
-TRANSIENT = frozenset({"pluto-not-running", "timeout", "whack-error"})
+TRANSIENT = frozenset({"pluto-not-running", "pluto-not-ready", "timeout", "whack-error"})
 
 
 def _consume(task: asyncio.Task) -> None:

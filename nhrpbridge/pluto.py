@@ -9,8 +9,9 @@ Strategy:
   them into the Reconcile change the SA database converges to.
 - I/O is one injected coroutine `run(argv, timeout) -> Result`, so tests hand in a
   recording stand-in instead of patching subprocess (httpx MockTransport style).
-- Exit codes (4.10 `enum rc_type`): 21 unknown name, 25 could not route,
-  29 not a template, 33 whack problem / pluto not running.
+- Exit codes (4.10 `enum rc_type`): 21 unknown name, 24 not listening yet (seen in
+  the lab right after a pluto restart), 25 could not route, 29 not a template,
+  33 whack problem / pluto not running.
 """
 from __future__ import annotations
 
@@ -106,7 +107,9 @@ def error_for(result: Result, what: str) -> PlutoError:
     last = text.splitlines()[-1] if text else ""
     last = re.sub(r"^\d{3} ", "", last)
     rc = reply_code(result)
-    code = {21: "unknown-connection", 25: "could-not-route", 29: "not-a-template"}.get(rc)
+    # 24 (RC_DEAF): pluto runs but is not listening yet ("need --listen before --initiate")
+    code = {21: "unknown-connection", 24: "pluto-not-ready", 25: "could-not-route",
+            29: "not-a-template"}.get(rc)
     if rc == 33 or "not running" in text:
         code = "pluto-not-running" if "not running" in text else "whack-error"
     return PlutoError(f"{what} failed (rc {rc}): {last or 'no output'}", code or "pluto-error", rc)

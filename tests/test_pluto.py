@@ -82,6 +82,7 @@ def test_hostile_addresses_are_rejected(addr):
     (21, "021 no connection named \"x\"", "unknown-connection"),
     (25, "025 \"dmvpn\": could not route", "could-not-route"),
     (29, "029 cannot instantiate non-template connection", "not-a-template"),
+    (24, "024 need --listen before --initiate", "pluto-not-ready"),
     (33, 'whack: Pluto is not running (no "/run/pluto/pluto.ctl")', "pluto-not-running"),
     (1, "something else", "pluto-error"),
 ])
