@@ -57,13 +57,11 @@ def run(spokes: int = 10_000) -> None:
             s.close()
             t0 = time.perf_counter()
             pos = n = 0
-            while pos < len(raw):
+            while pos < len(raw):          # what vici.Session does for each packet it reads
                 length = int.from_bytes(raw[pos:pos + 4], "big")
-                vp.Packet.parse(raw[pos + 4:pos + 4 + length])
-                packet = raw[pos + 4:pos + 4 + length]
-                if packet[0] == PacketType.EVENT:
-                    name_len = packet[1]
-                    vp.Message.deserialize(packet[2 + name_len:])
+                packet = vp.Packet.parse(raw[pos + 4:pos + 4 + length])
+                if packet.response_type == PacketType.EVENT:
+                    vp.Message.deserialize(packet.payload)
                     n += 1
                 pos += 4 + length
             decode = time.perf_counter() - t0

@@ -24,7 +24,8 @@ Strategy:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import json
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 
 __all__ = [
@@ -215,6 +216,71 @@ class SaDatabase:
     seq: int = 0
     next_ike_id: int = 1
     next_child_id: int = 1
+    # indexes, so each change costs O(1) at hub scale (10,000 spokes); kept in step
+    # by _put_*/_del_* and nothing else
+    _kids: dict[int, set[int]] = field(default_factory=dict, repr=False)
+    _child_by_spi: dict[tuple[str, int, int], int] = field(default_factory=dict, repr=False)
+    _child_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_by_peer: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+    # persistence: each record's JSON is cached and rebuilt only when it changed, so a
+    # checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop
+    _json: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
+    _stale: set[tuple[str, int]] = field(default_factory=set, repr=False)
+
+    # -- index maintenance
+
+    def _put_child(self, c: ChildSa) -> None:
+        self.child_sas[c.uniqueid] = c
+        self._stale.add(("c", c.uniqueid))
+        self._kids.setdefault(c.ike_uniqueid, set()).add(c.uniqueid)
+        if c.spi_in or c.spi_out:
+            self._child_by_spi[(c.remote_host, c.spi_in, c.spi_out)] = c.uniqueid
+        if c.serial is not None:
+            self._child_by_serial[c.serial] = c.uniqueid
+
+    def _del_child(self, c: ChildSa) -> None:
+        del self.child_sas[c.uniqueid]
+        self._stale.add(("c", c.uniqueid))
+        kids = self._kids.get(c.ike_uniqueid)
+        if kids is not None:
+            kids.discard(c.uniqueid)
+            if not kids:
+                del self._kids[c.ike_uniqueid]
+        key = (c.remote_host, c.spi_in, c.spi_out)
+        if self._child_by_spi.get(key) == c.uniqueid:
+            del self._child_by_spi[key]
+        if c.serial is not None and self._child_by_serial.get(c.serial) == c.uniqueid:
+            del self._child_by_serial[c.serial]
+
+    def _set_child(self, old: ChildSa, new: ChildSa) -> None:
+        self._del_child(old)
+        self._put_child(new)
+
+    def _put_ike(self, ike: IkeSa) -> None:
+        self.ike_sas[ike.uniqueid] = ike
+        self._stale.add(("i", ike.uniqueid))
+        self._ike_by_peer.setdefault((ike.connection, ike.remote_host), set()).add(ike.uniqueid)
+        if ike.serial is not None:
+            self._ike_by_serial[ike.serial] = ike.uniqueid
+
+    def _del_ike(self, ike: IkeSa) -> None:
+        del self.ike_sas[ike.uniqueid]
+        self._stale.add(("i", ike.uniqueid))
+        peers = self._ike_by_peer.get((ike.connection, ike.remote_host))
+        if peers is not None:
+            peers.discard(ike.uniqueid)
+            if not peers:
+                del self._ike_by_peer[(ike.connection, ike.remote_host)]
+        if ike.serial is not None and self._ike_by_serial.get(ike.serial) == ike.uniqueid:
+            del self._ike_by_serial[ike.serial]
+
+    def _set_ike(self, old: IkeSa, new: IkeSa) -> None:
+        self._del_ike(old)
+        self._put_ike(new)
+
+    def _ikes_of_peer(self, connection: str, remote_host: str) -> list[IkeSa]:
+        return [self.ike_sas[u] for u in sorted(self._ike_by_peer.get((connection, remote_host), ()))]
 
     # -- queries
 
@@ -229,7 +295,7 @@ class SaDatabase:
         }
 
     def children_of_ike(self, ike_id: int) -> list[ChildSa]:
-        return [c for c in self.child_sas.values() if c.ike_uniqueid == ike_id]
+        return [self.child_sas[u] for u in sorted(self._kids.get(ike_id, ()))]
 
     def find_link(self, connection: str, remote_host: str,
                   local_host: str | None = None) -> list[Link]:
@@ -238,10 +304,8 @@ class SaDatabase:
                 and (local_host is None or l.local_host == local_host)]
 
     def ike_by_serial(self, serial: int) -> IkeSa | None:
-        for ike in self.ike_sas.values():
-            if ike.serial == serial:
-                return ike
-        return None
+        uid = self._ike_by_serial.get(serial)
+        return self.ike_sas[uid] if uid is not None else None
 
     # -- the one entry point
 
@@ -273,7 +337,7 @@ class SaDatabase:
 
     def _remove_child(self, child: ChildSa, cascade: bool = True) -> None:
         """Drop a child; with `cascade`, an inferred IKE SA left empty goes too."""
-        del self.child_sas[child.uniqueid]
+        self._del_child(child)
         link = self.links.get(child.link_key)
         if link is not None:
             link = replace(link, children=tuple(c for c in link.children if c != child.uniqueid))
@@ -292,7 +356,7 @@ class SaDatabase:
     def _new_ike(self, **kw: Any) -> IkeSa:
         ike = IkeSa(uniqueid=self.next_ike_id, established=self._now, **kw)
         self.next_ike_id += 1
-        self.ike_sas[ike.uniqueid] = ike
+        self._put_ike(ike)
         self._emit("ike-up", ike_sa=ike)
         return ike
 
@@ -301,9 +365,8 @@ class SaDatabase:
             ike = self.ike_by_serial(up.ike_serial)
             if ike is not None:
                 return ike
-        candidates = [i for i in self.ike_sas.values()
-                      if i.connection == up.connection and i.remote_host == up.remote_host
-                      and i.local_host in ("", up.local_host)
+        candidates = [i for i in self._ikes_of_peer(up.connection, up.remote_host)
+                      if i.local_host in ("", up.local_host)
                       and (not up.remote_id or i.remote_id in ("", up.remote_id))]
         if candidates:
             ike = max(candidates, key=lambda i: (i.serial or 0, i.uniqueid))
@@ -315,8 +378,8 @@ class SaDatabase:
             if not ike.local_id and up.local_id:
                 fill["local_id"] = up.local_id
             if fill:
-                ike = replace(ike, **fill)
-                self.ike_sas[ike.uniqueid] = ike
+                old, ike = ike, replace(ike, **fill)
+                self._set_ike(old, ike)
             return ike
         return self._new_ike(connection=up.connection, conn_name=up.conn_name,
                              local_host=up.local_host, remote_host=up.remote_host,
@@ -325,12 +388,14 @@ class SaDatabase:
 
     def _match_child(self, local: str, remote: str, spi_in: int, spi_out: int,
                      serial: int | None) -> ChildSa | None:
-        for c in self.child_sas.values():
-            if serial is not None and c.serial == serial:
-                return c
-            if (spi_in or spi_out) and (c.spi_in, c.spi_out) == (spi_in, spi_out) \
-                    and c.remote_host == remote and (not local or c.local_host == local):
-                return c
+        if serial is not None and (uid := self._child_by_serial.get(serial)) is not None:
+            return self.child_sas[uid]
+        if spi_in or spi_out:
+            uid = self._child_by_spi.get((remote, spi_in, spi_out))
+            if uid is not None:
+                c = self.child_sas[uid]
+                if not local or c.local_host == local:
+                    return c
         return None
 
     # -- handlers
@@ -341,7 +406,7 @@ class SaDatabase:
             fill = {k: getattr(up, k) for k in ("serial", "reqid", "local_ts", "remote_ts")
                     if getattr(up, k) and not getattr(found, k)}
             if fill:
-                self.child_sas[found.uniqueid] = replace(found, **fill)
+                self._set_child(found, replace(found, **fill))
             return
         ike = self._ike_for_child(up)
         remote_id = up.remote_id or ike.remote_id
@@ -353,7 +418,7 @@ class SaDatabase:
             mode=up.mode, protocol=up.protocol, local_ts=up.local_ts, remote_ts=up.remote_ts,
             serial=up.serial, installed=self._now, source=up.source)
         self.next_child_id += 1
-        self.child_sas[child.uniqueid] = child
+        self._put_child(child)
         self._add_child_to_link(child)
 
     def _child_down(self, down: ChildDown) -> None:
@@ -363,9 +428,11 @@ class SaDatabase:
             self._remove_child(found)
 
     def _unroute(self, un: Unroute) -> None:
-        for c in list(self.child_sas.values()):
+        kids = [c for ike in self._ikes_of_peer(un.connection, un.remote_host)
+                for c in self.children_of_ike(ike.uniqueid)]
+        for c in kids:
             if c.uniqueid in self.child_sas and c.conn_name == un.conn_name \
-                    and c.remote_host == un.remote_host and c.local_host == un.local_host:
+                    and c.local_host == un.local_host:
                 self._remove_child(c)
 
     def _ike_up(self, up: IkeUp) -> None:
@@ -378,9 +445,8 @@ class SaDatabase:
         existing = self.ike_by_serial(up.serial)
         if existing is None:
             # adopt an IKE SA we inferred from a Child SA of the same peer
-            for ike in self.ike_sas.values():
-                if ike.inferred and ike.connection == up.connection \
-                        and ike.remote_host == up.remote_host:
+            for ike in self._ikes_of_peer(up.connection, up.remote_host):
+                if ike.inferred:
                     existing = ike
                     break
         if existing is None:
@@ -388,7 +454,7 @@ class SaDatabase:
             return
         updated = replace(existing, inferred=False, **values)
         if updated != existing:
-            self.ike_sas[existing.uniqueid] = updated
+            self._set_ike(existing, updated)
             self._emit("ike-updated", ike_sa=updated)
 
     def _ike_down(self, down: IkeDown) -> None:
@@ -400,14 +466,14 @@ class SaDatabase:
         """An IKE SA ends; in IKEv2 its Child SAs end with it."""
         for child in self.children_of_ike(ike.uniqueid):
             self._remove_child(child, cascade=False)
-        del self.ike_sas[ike.uniqueid]
+        self._del_ike(ike)
         self._emit("ike-down", ike_sa=replace(ike, state="DELETING"))
 
     def _ike_rekeyed(self, rk: IkeRekeyed) -> None:
         ike = self.ike_by_serial(rk.old_serial)
         if ike is not None:
             new = replace(ike, serial=rk.new_serial)
-            self.ike_sas[ike.uniqueid] = new
+            self._set_ike(ike, new)
             self._emit("ike-rekeyed", ike_sa=new)
 
     def _child_rekeyed(self, rk: ChildRekeyed) -> None:
@@ -420,7 +486,7 @@ class SaDatabase:
         if rk.ike_serial is not None and (ike := self.ike_by_serial(rk.ike_serial)):
             fill["ike_uniqueid"] = ike.uniqueid
         new = replace(child, **fill)
-        self.child_sas[child.uniqueid] = new
+        self._set_child(child, new)
         self._emit("child-rekeyed", child_sa=new, link=self.links.get(new.link_key),
                    ike_sa=self.ike_sas.get(new.ike_uniqueid))
 
@@ -449,10 +515,22 @@ class SaDatabase:
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-able snapshot for the state file."""
-        return {"seq": self.seq, "next-ike-id": self.next_ike_id,
-                "next-child-id": self.next_child_id,
-                "ike-sas": [asdict(i) for i in self.ike_sas.values()],
-                "child-sas": [asdict(c) for c in self.child_sas.values()]}
+        return json.loads(self.to_state_json())
+
+    def to_state_json(self) -> str:
+        """The snapshot as JSON text, rebuilding only the records that changed."""
+        for kind, uid in self._stale:
+            rec = (self.ike_sas if kind == "i" else self.child_sas).get(uid)
+            if rec is None:
+                self._json.pop((kind, uid), None)
+            else:
+                self._json[(kind, uid)] = json.dumps(
+                    {n: getattr(rec, n) for n in _FIELDS[type(rec)]}, separators=(",", ":"))
+        self._stale.clear()
+        ikes = ",".join(self._json[("i", u)] for u in self.ike_sas)
+        kids = ",".join(self._json[("c", u)] for u in self.child_sas)
+        return (f'{{"seq":{self.seq},"next-ike-id":{self.next_ike_id},'
+                f'"next-child-id":{self.next_child_id},"ike-sas":[{ikes}],"child-sas":[{kids}]}}')
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "SaDatabase":
@@ -463,14 +541,17 @@ class SaDatabase:
         child_names = {f.name for f in fields(ChildSa)}
         for raw in state["ike-sas"]:
             ike = IkeSa(**{k: v for k, v in raw.items() if k in ike_names})
-            db.ike_sas[ike.uniqueid] = ike
+            db._put_ike(ike)
         for raw in state["child-sas"]:
             child = ChildSa(**{k: v for k, v in raw.items() if k in child_names})
-            db.child_sas[child.uniqueid] = child
+            db._put_child(child)
             link = db.links.get(child.link_key) or Link(*child.link_key)
             db.links[link.key] = replace(link, children=link.children + (child.uniqueid,))
         return db
 
+
+_FIELDS = {IkeSa: tuple(f.name for f in fields(IkeSa)),
+           ChildSa: tuple(f.name for f in fields(ChildSa))}
 
 _HANDLERS = {
     ChildUp: SaDatabase._child_up, ChildDown: SaDatabase._child_down,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Spool", "StateFile", "RECORD_SUFFIX"]
+__all__ = ["Spool", "StateFile", "RECORD_SUFFIX", "order"]
 
 RECORD_SUFFIX = ".rec"
 STATE_VERSION = 1
@@ -40,7 +40,7 @@ class Spool:
         with os.scandir(self.path) as it:
             names = [e.name for e in it if e.name.endswith(RECORD_SUFFIX)
                      and not e.name.startswith(".")]
-        names.sort(key=_order)
+        names.sort(key=order)
         return names
 
     def read(self, name: str) -> tuple[bytes, float]:
@@ -62,7 +62,7 @@ class Spool:
         return dest
 
 
-def _order(name: str) -> tuple[int, str]:
+def order(name: str) -> tuple[int, str]:
     head = name.split("-", 1)[0]
     return (int(head) if head.isdigit() else 0, name)
 
@@ -84,13 +84,19 @@ class StateFile:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             raise ValueError(f"{self.path}: not a version {STATE_VERSION} state file")
-        return data["db"], set(data.get("applied", []))
+        db = data["db"]
+        db["extra"] = data.get("extra", {})
+        return db, set(data.get("applied", []))
 
-    def save(self, db_state: dict[str, Any], applied: list[str]) -> None:
-        """Write atomically: temp file, fsync, rename, fsync the directory."""
+    def save(self, db_json: str, applied: list[str], extra: dict[str, Any] | None = None) -> None:
+        """Write atomically: temp file, fsync, rename, fsync the directory.
+
+        `db_json` is the database snapshot as JSON text (SaDatabase.to_state_json).
+        """
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        payload = json.dumps({"version": STATE_VERSION, "db": db_state, "applied": applied},
-                             separators=(",", ":")).encode()
+        payload = (f'{{"version":{STATE_VERSION},"db":{db_json},'
+                   f'"extra":{json.dumps(extra or {}, separators=(",", ":"))},'
+                   f'"applied":{json.dumps(applied)}}}').encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, payload)

@@ -69,7 +69,7 @@ def test_crash_after_checkpoint_before_delete_applies_nothing_twice(sockdir):
     for i, env in enumerate([up_env(), up_env(verb="down-host"), up_env()]):
         write_record(d.spool.path, i + 1, env)
     d.ingest_once()
-    d.state.save(d.db.to_state(), d._pending)         # persisted, records not yet unlinked
+    d.state.save(d.db.to_state_json(), d._pending)    # persisted, records not yet unlinked
     assert len(list(d.spool.path.glob("*.rec"))) == 3
     seq = d.db.seq
     d2 = _inproc(state)                                # restart

@@ -164,3 +164,7 @@ def test_random_sequences_keep_invariants(seq):
         assert sum(len(l.children) for l in db.links.values()) == len(db.child_sas)
         # replaying the same change again is a no-op
         assert db.apply(change, i) == []
+        # the lookup indexes agree with the tables (rebuilt from scratch)
+        fresh = SaDatabase.from_state(db.to_state())
+        for name in ("_kids", "_child_by_spi", "_child_by_serial", "_ike_by_serial", "_ike_by_peer"):
+            assert getattr(db, name) == getattr(fresh, name), name

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any, Union
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -66,63 +67,77 @@ class Packet:
 
 # ---- encoding --------------------------------------------------------------------
 
+@lru_cache(maxsize=4096)
 def _name(name: str) -> bytes:
+    """1-byte length + name; cached: an SA dump repeats the same few keys."""
     raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
     if not raw or len(raw) > 255:
         raise LocalProtocolError(f"VICI name of {len(raw)} bytes (1..255 allowed)")
     return bytes([len(raw)]) + raw
 
 
+@lru_cache(maxsize=4096)
+def _prefix(kind: int, name: str) -> bytes:
+    return bytes([kind]) + _name(name)
+
+
 def _value(value: Any) -> bytes:
-    if isinstance(value, bool):
-        raw = b"yes" if value else b"no"
-    elif isinstance(value, int):
-        raw = str(value).encode()
-    elif isinstance(value, str):
+    t = type(value)
+    if t is str:
         raw = value.encode("utf-8", "surrogateescape")
-    elif isinstance(value, (bytes, bytearray)):
-        raw = bytes(value)
+    elif t is bytes:
+        raw = value
+    elif t is bool:
+        raw = b"yes" if value else b"no"
+    elif t is int or isinstance(value, int):
+        raw = str(int(value)).encode()
+    elif isinstance(value, (bytes, bytearray, str)):
+        raw = bytes(value, "utf-8") if isinstance(value, str) else bytes(value)
     else:
-        raise LocalProtocolError(f"cannot encode a {type(value).__name__} as a VICI value")
-    if len(raw) > 0xFFFF:
-        raise LocalProtocolError(f"VICI value of {len(raw)} bytes (65535 allowed)")
-    return len(raw).to_bytes(2, "big") + raw
+        raise LocalProtocolError(f"cannot encode a {t.__name__} as a VICI value")
+    n = len(raw)
+    if n > 0xFFFF:
+        raise LocalProtocolError(f"VICI value of {n} bytes (65535 allowed)")
+    return n.to_bytes(2, "big") + raw
 
 
-def _encode_into(out: list[bytes], tree: dict[str, Any]) -> None:
+def _encode_into(out: bytearray, tree: dict[str, Any]) -> None:
     for key, value in tree.items():
-        if isinstance(value, dict):
-            out += [b"\x01", _name(key)]
+        t = type(value)
+        if t is dict or isinstance(value, dict):
+            out += _prefix(1, key)
             _encode_into(out, value)
-            out.append(b"\x02")
-        elif isinstance(value, (list, tuple)):
-            out += [b"\x04", _name(key)]
-            out += [b"\x05" + _value(v) for v in value]
-            out.append(b"\x06")
+            out += b"\x02"
+        elif t is list or t is tuple:
+            out += _prefix(4, key)
+            for v in value:
+                out += b"\x05"
+                out += _value(v)
+            out += b"\x06"
         else:
-            out += [b"\x03", _name(key), _value(value)]
+            out += _prefix(3, key)
+            out += _value(value)
 
 
 def encode_message(tree: dict[str, Any]) -> bytes:
     """Serialise a message tree (dict order is wire order)."""
-    out: list[bytes] = []
+    out = bytearray()
     _encode_into(out, tree)
-    return b"".join(out)
+    return bytes(out)
 
 
 def encode_packet(packet: Packet) -> bytes:
     """One framed segment, length prefix included."""
-    parts = [bytes([packet.type])]
+    body = bytearray([packet.type])
     if packet.type in _NAMED:
         if packet.name is None:
             raise LocalProtocolError(f"{packet.type.name} needs a name")
-        parts.append(_name(packet.name))
+        body += _name(packet.name)
     if packet.type in _WITH_MESSAGE:
-        parts.append(encode_message(packet.message))
-    body = b"".join(parts)
+        _encode_into(body, packet.message)
     if len(body) > MAX_SEGMENT:
         raise LocalProtocolError(f"VICI segment of {len(body)} bytes exceeds {MAX_SEGMENT}")
-    return len(body).to_bytes(4, "big") + body
+    return len(body).to_bytes(4, "big") + bytes(body)
 
 
 # ---- decoding --------------------------------------------------------------------
