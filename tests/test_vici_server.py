@@ -229,8 +229,11 @@ def test_two_hundred_clients_connecting_and_vanishing(vdaemon):
     for i in range(200):
         s = socket.socket(socket.AF_UNIX)
         s.connect(vdaemon.vici)
-        if i % 2:
-            s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))
+        try:
+            if i % 2:
+                s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))
+        except (BrokenPipeError, ConnectionResetError):
+            pass                      # vanishing mid-write is what this test is about
         s.close()
     assert session(vdaemon.vici).version()["daemon"] == b"nhrpbridge"
 
