@@ -69,7 +69,7 @@ class ApiConnection:
             return
         if self.subscribed is not None and _connection_of(ev) != self.subscribed:
             return
-        self.send(event_dict(ev))
+        self.send_bytes(_encoded(ev))
 
     def push_notice(self, msg: dict[str, Any]) -> None:
         """Operator notices (liveness timeout, revival, updown failure); no seq."""
@@ -248,6 +248,17 @@ def _opt_str(msg: dict[str, Any], key: str) -> str | None:
     if not isinstance(value, str):
         raise _BadArgs(f"{key!r} must be a string")
     return value
+
+
+_last: list[Any] = [None, b""]
+
+
+def _encoded(ev: Event) -> bytes:
+    """One encoding per event, shared by every subscriber (the daemon hands each
+    event to all sinks before the next one, so a one-entry cache is enough)."""
+    if _last[0] is not ev:
+        _last[0], _last[1] = ev, jsonl.encode(event_dict(ev))
+    return _last[1]
 
 
 def _connection_of(ev: Event) -> str | None:

@@ -37,6 +37,9 @@ log = logging.getLogger("nhrpbridge")
 CHECKPOINT_INTERVAL = 0.5
 POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
 INCOMPLETE_GRACE = 10.0      # a record still without its trailer after this: writer died
+BATCH = 256                  # records applied before yielding to the loop, so clients read
+                             # while a storm is ingested (one pass of 6,000 records used to
+                             # overflow even a reading subscriber's backlog)
 
 
 class Sink(Protocol):
@@ -180,7 +183,7 @@ class Daemon:
 
     # ---- ingest
 
-    def ingest_once(self, full: bool = True) -> int:
+    def ingest_once(self, full: bool = True, limit: int | None = None) -> int:
         """Apply every record in the spool not applied yet; return how many.
 
         `full=False` looks only at the files inotify named since the last pass (plus
@@ -199,6 +202,10 @@ class Daemon:
         for i, name in enumerate(names):
             if name in self._on_disk:
                 continue
+            if limit is not None and count >= limit:
+                self._blocked = set(names[i:])   # the rest, in order, on the next pass
+                self._wake.set()
+                break
             try:
                 data, written = self.spool.read(name)
                 if not is_complete(data):
@@ -241,10 +248,11 @@ class Daemon:
             polled = not self._wake.is_set()
             self._wake.clear()
             try:
-                self.ingest_once(full=polled)
+                self.ingest_once(full=polled, limit=BATCH)
             except Exception:     # a bug must not stop ingestion for good
                 log.exception("ingesting the spool failed; retrying")
                 await asyncio.sleep(1)
+            await asyncio.sleep(0)            # let transports flush between batches
             if (self._pending or self._dirty) and self._checkpoint_timer is None:
                 # apply at once, persist a little later: one state write covers a burst
                 self._checkpoint_timer = loop.call_later(CHECKPOINT_INTERVAL, self._timed_checkpoint)

@@ -101,18 +101,20 @@ class ViciConnection:
         self.queue: asyncio.Queue[Packet] = asyncio.Queue()
         self.closed = False
 
-    def send(self, packet: Packet) -> None:
+    def send(self, packet: Packet | bytes) -> None:
         if self.closed:
             return
         transport = self.writer.transport
-        transport.write(encode_packet(packet))
+        transport.write(packet if isinstance(packet, bytes) else encode_packet(packet))
         if transport.get_write_buffer_size() > MAX_BACKLOG:
             log.warning("VICI client pid=%d does not read: dropped", self.cred.pid)
             self.close(abort=True)
 
-    def event(self, name: str, message: dict[str, Any]) -> None:
+    def event(self, name: str, message: dict[str, Any] | bytes) -> None:
+        """Send an event if registered; `message` may be the packet already encoded."""
         if name in self.events:
-            self.send(Packet(PacketType.EVENT, name, message))
+            self.send(message if isinstance(message, bytes)
+                      else Packet(PacketType.EVENT, name, message))
 
     def close(self, abort: bool = False) -> None:
         if self.closed:
@@ -197,8 +199,11 @@ class ViciServer:
         if not self.connections:
             return
         for name, msg in self._translate(ev):
-            for conn in list(self.connections):
-                conn.event(name, msg)
+            targets = [c for c in self.connections if name in c.events]
+            if targets:
+                data = encode_packet(Packet(PacketType.EVENT, name, msg))   # once for all
+                for conn in targets:
+                    conn.event(name, data)
 
     def push_notice(self, msg: dict[str, Any]) -> None:
         pass
