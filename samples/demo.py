@@ -32,6 +32,18 @@ def wait_for(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def phase(title: str, lines: list[str], state: Path) -> None:
+    """Run recorded hook calls the way pluto would, then show `nhrpbridge status`."""
+    banner(title)
+    for line in lines:
+        env = parse_updown_log_line(line)
+        print(f"  hook {env['PLUTO_VERB']:<13} {env['PLUTO_PEER']}")
+        run_hook(env, state / "spool")
+    time.sleep(0.8)
+    banner("nhrpbridge status")
+    subprocess.run(NB + ["status", "--state-dir", str(state)], cwd=ROOT)
+
+
 def main() -> int:
     lines = [l for l in (HERE / "lab" / "initiate-hub-updown.log").read_text().splitlines() if l]
     with tempfile.TemporaryDirectory(prefix="nhrpbridge-demo.", dir="/tmp") as tmp:
@@ -46,23 +58,9 @@ def main() -> int:
             time.sleep(0.5)
             ups = [l for l in lines if "VERB=down" not in l and "VERB=unroute" not in l]
             downs = [l for l in lines if l not in ups]
-            banner(f"pluto runs the hook {len(ups)} times (up-host, prepare-host, route-host "
-                   "for spoke1 and spoke2)")
-            for line in ups:
-                env = parse_updown_log_line(line)
-                print(f"  hook {env['PLUTO_VERB']:<13} {env['PLUTO_PEER']}")
-                run_hook(env, state / "spool")
-            time.sleep(0.8)
-            banner("nhrpbridge status")
-            subprocess.run(NB + ["status", "--state-dir", tmp], cwd=ROOT)
-            banner("spoke1 and spoke2 go down (down-host, unroute-host)")
-            for line in downs:
-                env = parse_updown_log_line(line)
-                print(f"  hook {env['PLUTO_VERB']:<13} {env['PLUTO_PEER']}")
-                run_hook(env, state / "spool")
-            time.sleep(0.8)
-            banner("nhrpbridge status")
-            subprocess.run(NB + ["status", "--state-dir", tmp], cwd=ROOT)
+            phase(f"pluto runs the hook {len(ups)} times (up-host, prepare-host, route-host "
+                  "for spoke1 and spoke2)", ups, state)
+            phase("spoke1 and spoke2 go down (down-host, unroute-host)", downs, state)
             banner("what `nhrpbridge events` printed meanwhile")
             events.terminate()
             print(events.communicate()[0], end="")
