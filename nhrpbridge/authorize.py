@@ -158,7 +158,7 @@ class NhrpEventServer:
                         writer.write(reply)
         except RemoteProtocolError as exc:
             log.warning("nhrpd event socket: %s; closing", exc)
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
             if dec.pending:

@@ -325,7 +325,10 @@ class Daemon:
     async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from .api import ApiConnection
         cred = peer_cred(writer.get_extra_info("socket"))
-        await ApiConnection(self, writer, cred).serve(reader)
+        try:
+            await ApiConnection(self, writer, cred).serve(reader)
+        except asyncio.CancelledError:      # shutdown: not an error worth a traceback
+            pass
 
     # ---- life cycle
 

@@ -188,7 +188,10 @@ class ViciServer:
         conn = ViciConnection(self, writer, peer_cred(writer.get_extra_info("socket")))
         self.connections.add(conn)
         log.debug("VICI client connected: pid=%d uid=%d", conn.cred.pid, conn.cred.uid)
-        await conn.serve(reader)
+        try:
+            await conn.serve(reader)
+        except asyncio.CancelledError:      # shutdown
+            pass
 
     def certs(self, ike: IkeSa) -> tuple[bytes | None, bytes | None]:
         return self.cert_lookup(ike) if self.cert_lookup else (None, None)

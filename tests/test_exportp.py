@@ -75,3 +75,21 @@ def test_arbitrary_bytes_give_env_or_record_error(data):
     except RecordError:
         return
     assert isinstance(env, dict)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.from_regex(r"PLUTO_[A-Z_]{1,12}", fullmatch=True),
+                       st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                               max_size=40), max_size=6))
+def test_fast_path_agrees_with_the_full_grammar(env):
+    """dash output without quotes takes the regex path; with them, the full parser."""
+    from nhrpbridge.protocol.exportp import _decode_general, _decode_simple
+    import subprocess
+    out = subprocess.run(["dash", "-c", "export -p; echo '# nhrpbridge-end'"],
+                         env={k: v.encode() for k, v in env.items()}, capture_output=True).stdout
+    fast = _decode_simple(out)
+    assert _decode_general(out) == decode_record(out)
+    if fast is not None:
+        assert fast == _decode_general(out)
+    for k, v in env.items():
+        assert decode_record(out)[k] == v
