@@ -46,6 +46,18 @@ log = logging.getLogger("nhrpbridge.pluto")
 TRANSIENT = frozenset({"pluto-not-running", "pluto-not-ready", "timeout", "whack-error"})
 
 
+SHORTCUT_YIELD = 3.0
+
+
+def _higher(local: str | None, remote: str) -> bool:
+    """Is our address the higher one (then we let the peer initiate a shortcut)?"""
+    if local is None:
+        return False
+    import ipaddress
+    a, b = ipaddress.ip_address(local), ipaddress.ip_address(remote)
+    return (a.version, int(a)) > (b.version, int(b))
+
+
 def _consume(task: asyncio.Task) -> None:
     """Retrieve a background attempt's outcome so asyncio does not log it as lost."""
     if not task.cancelled():
@@ -147,8 +159,13 @@ class PlutoController:
         return links[0] if links else None
 
     async def initiate(self, conn: str, remote: str, local: str | None = None,
-                       timeout: float | None = None, wait: bool = True) -> dict[str, Any]:
-        """Bring up the link (conn, local, remote); reply when it is up or failed."""
+                       timeout: float | None = None, wait: bool = True,
+                       shortcut: bool = False) -> dict[str, Any]:
+        """Bring up the link (conn, local, remote); reply when it is up or failed.
+
+        `shortcut`: both ends are being asked at once (nhrpd's init-limits=1); the
+        end with the higher address lets the other one go first (see _yield_to_peer).
+        """
         check_conn_name(conn)
         remote = check_ip(remote)
         if local is not None:
@@ -166,8 +183,9 @@ class PlutoController:
                 first: asyncio.Future = loop.create_future()
                 # only fire-and-forget requests (VICI async: nhrpd cannot hear about a
                 # failure in time) are retried; a waiting caller gets the error at once
-                task = loop.create_task(self._start_retrying(conn, remote, local, first,
-                                                             retry=not wait))
+                task = loop.create_task(self._start_retrying(
+                    conn, remote, local, first, retry=not wait,
+                    yield_first=shortcut and _higher(local, remote)))
                 task.first = first                   # type: ignore[attr-defined]
                 self.inflight[key] = task
                 task.add_done_callback(lambda t, k=key: self.inflight.pop(k, None))
@@ -193,9 +211,15 @@ class PlutoController:
             self.waiters.remove((conn, remote, local, fut))
 
     async def _start_retrying(self, conn: str, remote: str, local: str | None,
-                              first: asyncio.Future, retry: bool = True) -> str:
+                              first: asyncio.Future, retry: bool = True,
+                              yield_first: bool = False) -> str:
         """`_start`, retried on transient failures for `initiate-retry` seconds."""
         deadline = self.clock() + (self.cfg.initiate_retry if retry else 0)
+        if yield_first:
+            if not first.done():
+                first.set_result("yielding-to-peer")
+            if await self._yield_to_peer(conn, remote, local):
+                return "joined-peer"
         delay = 1.0
         while True:
             try:
@@ -217,22 +241,19 @@ class PlutoController:
             return how
 
     async def _start(self, conn: str, remote: str, local: str | None) -> str:
-        """One attempt per key: race check, per-peer conn, whack --initiate."""
+        """One attempt per key: race check, per-peer conn, race check again, initiate."""
         self.stats["initiates"] += 1
         await self.detect_version()
-        states = parse_showstates((await self.call(self.whack.showstates(),
-                                                   "whack --showstates")).stdout)
         name = per_peer_name(conn, remote) if self._per_peer(conn) else conn
-        busy = [s for s in states if (s.peer == remote or s.conn == name)
-                and (not s.established or s.is_child)]
-        if busy:
-            self.stats["skipped-race"] += 1
-            log.info("initiate %s -> %s: pluto already has %s; waiting for it", conn, remote,
-                     ", ".join(f"#{s.serial} {s.name}" for s in busy[:3]))
-            asyncio.get_running_loop().create_task(self._quiet_reconcile())
+        if await self._peer_busy(conn, remote, local, name):
             return "joined-pluto-state"
         if self._per_peer(conn):
             await self._ensure_per_peer(conn, remote, name)
+            # addconn took 0.2-3 s in the lab: the peer's own negotiation may have
+            # started meanwhile (seen: "cannot install eroute -- it is in use" and a
+            # one-sided IKE delete when we went ahead); look again just before whack
+            if await self._peer_busy(conn, remote, local, name):
+                return "joined-pluto-state"
             try:
                 await self.call(self.whack.initiate(name), f"whack --initiate {name}")
             except PlutoError as exc:
@@ -247,6 +268,51 @@ class PlutoController:
             await self.call(self.whack.initiate(conn, remote), f"whack --initiate {conn}")
         log.info("initiate %s -> %s: whack --initiate --name %s sent", conn, remote, name)
         return "initiated"
+
+    async def _yield_to_peer(self, conn: str, remote: str, local: str | None) -> bool:
+        """Give the lower-address end SHORTCUT_YIELD seconds to start the negotiation.
+
+        Both spokes of a shortcut are asked within 100-300 ms of each other; if both
+        initiate, libreswan 4.10 kills one IKE SA on one side only and the shortcut
+        flaps or is blackholed (lab run: liveness timeout 10 s later, nhrpd purged the
+        shortcut). A deterministic order removes the race; the wait is bounded, so a
+        peer that never starts costs SHORTCUT_YIELD seconds, not the link.
+        """
+        end = self.clock() + SHORTCUT_YIELD
+        name = per_peer_name(conn, remote)
+        while self.clock() < end:
+            if self._link_up(conn, remote, local) is not None:
+                return True
+            try:
+                states = parse_showstates((await self.call(self.whack.showstates(),
+                                                           "whack --showstates")).stdout)
+            except PlutoError:
+                return False
+            if any(s.peer == remote or s.conn == name for s in states):
+                log.info("initiate %s -> %s: the peer started first; waiting for it", conn, remote)
+                self.stats["yielded"] = self.stats.get("yielded", 0) + 1
+                return True
+            await asyncio.sleep(0.25)
+        log.info("initiate %s -> %s: the peer did not start within %g s; initiating", conn,
+                 remote, SHORTCUT_YIELD)
+        return False
+
+    async def _peer_busy(self, conn: str, remote: str, local: str | None, name: str) -> bool:
+        """Is a negotiation or SA with this peer already there (ours or the peer's)?"""
+        if self._link_up(conn, remote, local) is not None:
+            return True
+        states = parse_showstates((await self.call(self.whack.showstates(),
+                                                   "whack --showstates")).stdout)
+        busy = [s for s in states if (s.peer == remote or s.conn == name)
+                and (not s.established or s.is_child)]
+        if busy:
+            self.stats["skipped-race"] += 1
+            log.info("initiate %s -> %s: pluto already has %s; waiting for it", conn, remote,
+                     ", ".join(f"#{s.serial} {s.name}" for s in busy[:3]))
+            task = asyncio.get_running_loop().create_task(self._quiet_reconcile())
+            task.add_done_callback(_consume)
+            return True
+        return False
 
     def _per_peer(self, conn: str) -> bool:
         mode = self.cfg.connections[conn].per_peer if conn in self.cfg.connections else "auto"

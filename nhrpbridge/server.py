@@ -295,10 +295,12 @@ class Daemon:
     # ---- control (filled in by the pluto adapter)
 
     async def initiate(self, connection: str, remote: str, local: str | None,
-                       timeout: float | None, wait: bool = True) -> dict[str, Any]:
+                       timeout: float | None, wait: bool = True,
+                       shortcut: bool = False) -> dict[str, Any]:
         if self.controller is None:
             raise PlutoError("no pluto adapter configured (--no-pluto)", "not-supported")
-        return await self.controller.initiate(connection, remote, local, timeout, wait=wait)
+        return await self.controller.initiate(connection, remote, local, timeout, wait=wait,
+                                              shortcut=shortcut)
 
     async def terminate(self, connection: str, remote: str | None,
                         ike_id: int | None) -> dict[str, Any]:

@@ -303,12 +303,13 @@ class ViciServer:
                     "libreswan conns are per peer, a bare profile cannot be initiated"}
         timeout_ms = _int(msg.get("timeout")) or 0
         asynchronous = _text(msg.get("async")) in ("1", "yes", "true") or timeout_ms < 0
+        shortcut = _text(msg.get("init-limits")) == "1"     # nhrpd: not an NHS registration
         self._control_log(conn, f"initiating {profile} to {remote}")
         try:
             result = await self.daemon.initiate(
                 profile, remote, local,
                 None if asynchronous or timeout_ms == 0 else timeout_ms / 1000,
-                wait=not asynchronous)
+                wait=not asynchronous, shortcut=shortcut)
         except PlutoError as exc:
             self._control_log(conn, str(exc))
             log.warning("VICI initiate %s -> %s failed: %s", profile, remote, exc)

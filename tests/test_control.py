@@ -303,3 +303,54 @@ def test_permanent_failure_is_not_retried(tmp_path):
     with pytest.raises(PlutoError):
         asyncio.run(ctl.initiate("dmvpn", R, wait=False))
     assert len(runner.named("addconn")) == 1
+
+
+def test_peer_negotiation_starting_during_addconn_is_joined_not_raced(tmp_path):
+    """Lab finding (gotcha 3): addconn took seconds; the peer's IKE SA appeared meanwhile."""
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+    peer_state = ('000 #3: "dmvpn"[1] 198.51.100.12:500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); idle;\n'
+                  '000 #4: "dmvpn"[1] 198.51.100.12:500 STATE_V2_ESTABLISHED_CHILD_SA (IPsec SA established); IKE SA #3; idle;\n')
+
+    async def run(argv, timeout):
+        if "addconn" in argv:
+            runner.showstates = peer_state          # the peer got there while we added
+        return await runner(argv, timeout)
+    ctl.run_cmd = run
+    r = asyncio.run(ctl.initiate("dmvpn", R, wait=False))
+    assert r == {"result": "joined-pluto-state"}
+    assert runner.named("--initiate") == [] and len(runner.named("addconn")) == 1
+
+
+def test_shortcut_higher_address_lets_the_peer_initiate(tmp_path):
+    """Both spokes are asked at once; only the lower address initiates."""
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        r = await ctl.initiate("dmvpn", "198.51.100.5", local=L, wait=False, shortcut=True)
+        assert r == {"result": "yielding-to-peer"}          # 198.51.100.11 > .5
+        await asyncio.sleep(0.3)
+        runner.showstates = ('000 #9: "dmvpn"[2] 198.51.100.5:500 STATE_V2_PARENT_R1 '
+                             '(sent IKE_SA_INIT reply); idle;\n')
+        await asyncio.sleep(0.6)
+    asyncio.run(scenario())
+    assert runner.named("--initiate") == [] and ctl.stats.get("yielded") == 1
+    # the lower end initiates at once; a peer that never starts is initiated after the wait
+    runner2 = RecordingWhack()
+    d2, ctl2 = make(tmp_path / "b", runner2)
+    assert asyncio.run(ctl2.initiate("dmvpn", "198.51.100.20", local=L, wait=False,
+                                     shortcut=True)) == {"result": "initiated"}
+    runner3 = RecordingWhack()
+    d3, ctl3 = make(tmp_path / "c", runner3)
+    import nhrpbridge.control as control
+    control.SHORTCUT_YIELD = 0.5
+
+    async def lonely():
+        await ctl3.initiate("dmvpn", "198.51.100.5", local=L, wait=False, shortcut=True)
+        await asyncio.sleep(1.5)
+    try:
+        asyncio.run(lonely())
+    finally:
+        control.SHORTCUT_YIELD = 3.0
+    assert len(runner3.named("--initiate")) == 1
