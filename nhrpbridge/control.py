@@ -47,6 +47,7 @@ TRANSIENT = frozenset({"pluto-not-running", "pluto-not-ready", "timeout", "whack
 
 
 SHORTCUT_YIELD = 3.0
+RECONCILE_GRACE = 10.0     # see sadb.Reconcile: whack lags the updown hook
 
 
 def _higher(local: str | None, remote: str) -> bool:
@@ -126,7 +127,9 @@ class PlutoController:
             if exc.code != "pluto-not-running":
                 raise
             log.warning("pluto is not running: no SA can exist")
-            view = Reconcile((), ())
+            view = Reconcile((), ())        # no grace: nothing can be up without pluto
+        else:
+            view = Reconcile(view.ike_sas, view.child_sas, grace=RECONCILE_GRACE)
         events = self.daemon.apply(view)
         if events:
             log.info("reconciled with pluto: %d changes", len(events))

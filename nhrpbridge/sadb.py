@@ -200,10 +200,17 @@ class ChildRekeyed:
 
 @dataclass(frozen=True, slots=True)
 class Reconcile:
-    """pluto's own complete view (from whack): the database converges to it."""
+    """pluto's own complete view (from whack): the database converges to it.
+
+    `grace`: a Child SA reported less than this many seconds ago is kept even if
+    whack does not list it yet: pluto runs up-host *before* it records the Child
+    SA as established (lab: 2.5 s apart under UML), and removing it in that gap
+    made nhrpd drop a fresh shortcut.
+    """
 
     ike_sas: tuple[IkeUp, ...]
     child_sas: tuple[ChildUp, ...]
+    grace: float = 0.0
 
 
 # ---- the database -------------------------------------------------------------
@@ -504,7 +511,8 @@ class SaDatabase:
             if c is not None:
                 seen_child.add(c.uniqueid)
         for c in list(self.child_sas.values()):
-            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas:
+            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
+                    and self._now - c.installed >= rc.grace:
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \

@@ -168,3 +168,11 @@ def test_random_sequences_keep_invariants(seq):
         fresh = SaDatabase.from_state(db.to_state())
         for name in ("_kids", "_child_by_spi", "_child_by_serial", "_ike_by_serial", "_ike_by_peer"):
             assert getattr(db, name) == getattr(fresh, name), name
+
+
+def test_reconcile_keeps_a_child_updown_just_reported():
+    """Lab: up-host runs before pluto lists the Child SA; a reconcile in that gap."""
+    db = SaDatabase()
+    db.apply(up(1), 100.0)
+    assert db.apply(Reconcile((), (), grace=10.0), 103.0) == []          # 3 s old: kept
+    assert "link-down" in kinds(db.apply(Reconcile((), (), grace=10.0), 111.0))
