@@ -1,86 +1,113 @@
-"""Reconnect storm: 30,000 hook records at once while 3 subscribers and 1 VICI listener watch."""
+"""Reconnect storm: 30,000 hook records at once while 3 subscribers and 1 VICI listener watch.
+
+Each watcher is its own process, as real subscribers are (threads of one Python
+process share a GIL and fall behind together). A subscriber checks on raw lines
+that seqs arrive 1, 2, 3, ... without gap or repeat.
+"""
 from __future__ import annotations
 
 import json
 import os
-import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from common import Daemon, record_bytes, row, spoke_env
+from common import ROOT, Daemon, record_bytes, row, spoke_env
 
+SUBSCRIBER = r"""
+import socket, sys, time, json
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b'{"op":"subscribe","id":1}\n')
+expected = int(sys.argv[2]); buf = b""; synced = False; nxt = 1; bad = 0; n = 0
+print("ready", flush=True)
+while nxt <= expected:
+    data = s.recv(1 << 20)
+    if not data:
+        break
+    buf += data
+    lines = buf.split(b"\n"); buf = lines.pop()
+    for line in lines:
+        if not synced:
+            synced = b'"type":"synced"' in line
+            continue
+        i = line.find(b'"seq":')
+        if i < 0:
+            continue
+        seq = int(line[i + 6:line.index(b",", i)] if b"," in line[i:] else line[i + 6:line.index(b"}", i)])
+        n += 1
+        if seq != nxt:
+            bad += 1
+        nxt = seq + 1
+print(json.dumps({"count": n, "bad": bad, "next": nxt, "t": time.perf_counter()}), flush=True)
+"""
+
+VICI = r"""
+import socket, sys, time, json
+sys.path.insert(0, sys.argv[3])
 from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+for ev in ("child-state-installed", "child-state-destroying"):
+    s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, ev)))
+want = int(sys.argv[2]); n = 0; d = Decoder()
+print("ready", flush=True)
+while n < want:
+    data = s.recv(1 << 20)
+    if not data:
+        break
+    d.feed(data)
+    while (p := d.next_packet()) is not None:
+        n += p.type == PacketType.EVENT
+print(json.dumps({"count": n, "t": time.perf_counter()}), flush=True)
+"""
 
 
 def run(records: int = 30_000) -> None:
     spokes = records // 3
     print(f"reconnect storm: {records:,} records ({spokes:,} spokes: up, down, up) "
-          "with 3 API subscribers and 1 VICI listener")
+          "with 3 API subscribers and 1 VICI listener (separate processes)")
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
         d = Daemon(Path(tmp) / "s").start()
         expected = spokes * 9              # 3 events per change, 3 changes per spoke
-        seqs: list[list[int]] = [[], [], []]
-        vici_events = [0]
-        finished: dict[int, float] = {}
-
-        def sub(k: int) -> None:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(d.api)
-            s.sendall(b'{"op":"subscribe","id":1}\n')
-            for line in s.makefile("rb"):
-                msg = json.loads(line)
-                if "seq" in msg and msg["type"] not in ("synced", "reply"):
-                    seqs[k].append(msg["seq"])
-                    if msg["seq"] >= expected:
-                        finished[k] = time.perf_counter()
-                        return
-
-        def vici_listener() -> None:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(d.vici)
-            for ev in ("child-state-installed", "child-state-destroying"):
-                s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, ev)))
-            dec = Decoder()
-            while vici_events[0] < spokes * 3:
-                dec.feed(s.recv(1 << 20))
-                while (p := dec.next_packet()) is not None:
-                    if p.type == PacketType.EVENT:
-                        vici_events[0] += 1
-            finished[3] = time.perf_counter()
-
-        threads = [threading.Thread(target=sub, args=(k,), daemon=True) for k in range(3)]
-        threads.append(threading.Thread(target=vici_listener, daemon=True))
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        spool = d.state / "spool"
-        pid = os.getpid()
-        start = time.perf_counter()
-        seq = 0
-        for verb_round in ("up-host", "down-host", "up-host"):
-            for i in range(spokes):
-                seq += 1
-                env = spoke_env(i, verb_round)
-                if verb_round == "up-host" and seq > spokes:
-                    env["SPI_IN"] = hex(0x30000000 + i)          # the new SA after the reconnect
-                    env["SPI_OUT"] = hex(0x40000000 + i)
-                (spool / f"{1000000000000 + seq}-{pid}.rec").write_bytes(record_bytes(env))
-        written = time.perf_counter() - start
-        for t in threads:
-            t.join(120)
-        drain = max(finished.values(), default=time.perf_counter()) - start
-        ok = all(s == list(range(1, expected + 1)) for s in seqs)
-        row(f"storm: {records:,} records written", f"{written:.2f} s",
-            f"{records / written:,.0f} rec/s")
-        row("storm: drain time until every watcher saw the last event", f"{drain:.2f} s",
-            f"{records / drain:,.0f} rec/s", "goal <= 10 s")
-        row("storm: every subscriber saw every seq exactly once", "yes" if ok else "NO",
-            f"{[len(s) for s in seqs]}", f"expected {expected:,}")
-        row("storm: VICI listener events", f"{vici_events[0]:,}", f"expected {spokes * 3:,}")
-        row("daemon RSS after the storm", f"{d.rss_mb():.0f} MB")
-        d.stop()
+        try:
+            watchers = [subprocess.Popen([sys.executable, "-c", SUBSCRIBER, d.api, str(expected)],
+                                         stdout=subprocess.PIPE, text=True) for _ in range(3)]
+            watchers.append(subprocess.Popen([sys.executable, "-c", VICI, d.vici, str(spokes * 3),
+                                              str(ROOT)], stdout=subprocess.PIPE, text=True))
+            for w in watchers:
+                w.stdout.readline()           # "ready"
+            time.sleep(0.3)
+            spool = d.state / "spool"
+            pid = os.getpid()
+            start = time.perf_counter()
+            seq = 0
+            for verb_round in ("up-host", "down-host", "up-host"):
+                for i in range(spokes):
+                    seq += 1
+                    env = spoke_env(i, verb_round)
+                    if verb_round == "up-host" and seq > spokes:
+                        env["SPI_IN"] = hex(0x30000000 + i)      # the new SA after the reconnect
+                        env["SPI_OUT"] = hex(0x40000000 + i)
+                    (spool / f"{1000000000000 + seq}-{pid}.rec").write_bytes(record_bytes(env))
+            written = time.perf_counter() - start
+            results = []
+            for w in watchers:
+                out, _ = w.communicate(timeout=180)
+                results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+            subs, vici = results[:3], results[3]
+            drain = max(r.get("t", start) for r in results) - start
+            ok = all(r.get("count") == expected and r.get("bad") == 0 for r in subs)
+            row(f"storm: {records:,} records written", f"{written:.2f} s",
+                f"{records / written:,.0f} rec/s")
+            row("storm: drain time until every watcher saw the last event", f"{drain:.2f} s",
+                f"{records / drain:,.0f} rec/s", "goal <= 10 s")
+            row("storm: every subscriber saw every seq exactly once", "yes" if ok else "NO",
+                f"{[r.get('count') for r in subs]}", f"expected {expected:,}")
+            row("storm: VICI listener events", f"{vici.get('count', 0):,}", f"expected {spokes * 3:,}")
+            row("daemon RSS after the storm", f"{d.rss_mb():.0f} MB")
+        finally:
+            d.stop()
 
 
 if __name__ == "__main__":

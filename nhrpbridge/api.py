@@ -3,8 +3,8 @@
 Strategy:
 - `ApiConnection.serve()` is the thin I/O loop: read(65536) -> jsonl.Decoder ->
   `handle()` -> write. Writes never await: a client that does not read fills
-  its transport buffer and is dropped once the backlog passes MAX_BACKLOG,
-  so it can never slow the daemon or other clients.
+  its transport buffer and is dropped by the rule in backlog.py (no progress
+  for 5 s past 8 MiB, or 64 MiB), so it can never slow the daemon or others.
 - Subscribe atomicity: the dump and the registration for pushed events happen in
   one synchronous step of the event loop, so every event seq lands exactly once:
   either in the dump (seq <= synced.seq) or in the stream (seq > synced.seq).
@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .backlog import Backlog
 from .errors import PlutoError, RemoteProtocolError
 from .protocol import jsonl
 from .sadb import Event, child_dict, event_dict, ike_dict, link_dict
@@ -26,10 +27,9 @@ from .unixsock import PeerCred, may_control
 if TYPE_CHECKING:
     from .server import Daemon
 
-__all__ = ["ApiConnection", "CAPABILITIES", "MAX_BACKLOG"]
+__all__ = ["ApiConnection", "CAPABILITIES"]
 
 log = logging.getLogger("nhrpbridge.api")
-MAX_BACKLOG = 8 * 1024 * 1024
 CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize"]
 CONTROL_OPS = {"initiate", "terminate", "resync"}
 
@@ -41,7 +41,7 @@ class ApiConnection:
         self.cred = cred
         self.decoder = jsonl.Decoder()
         self.subscribed: str | None | bool = False   # False, or the connection filter
-        self.limit = MAX_BACKLOG
+        self.backlog = Backlog(writer.transport, self._drop)
         self.closed = False
         self.tasks: set[asyncio.Task] = set()
 
@@ -53,15 +53,13 @@ class ApiConnection:
     def send_bytes(self, data: bytes) -> None:
         if self.closed:
             return
-        transport = self.writer.transport
-        transport.write(data)
-        backlog = transport.get_write_buffer_size()
-        if backlog > self.limit:
-            log.warning("API client pid=%d uid=%d does not read (%d bytes pending): dropped",
-                        self.cred.pid, self.cred.uid, backlog)
-            self.close(abort=True)
-        elif backlog < MAX_BACKLOG:
-            self.limit = MAX_BACKLOG
+        self.writer.transport.write(data)
+        self.backlog.wrote(len(data))
+
+    def _drop(self, why: str) -> None:
+        log.warning("API client pid=%d uid=%d does not read (%s): dropped",
+                    self.cred.pid, self.cred.uid, why)
+        self.close(abort=True)
 
     def push_event(self, ev: Event) -> None:
         """Called by the daemon for every event, in seq order."""
@@ -83,6 +81,7 @@ class ApiConnection:
         if self.closed:
             return
         self.closed = True
+        self.backlog.cancel()
         self.daemon.remove_sink(self)
         if abort:
             self.writer.transport.abort()
@@ -178,7 +177,7 @@ class ApiConnection:
                 parts.append(jsonl.encode({"type": "link", "link": link_dict(link)}))
         parts.append(jsonl.encode({"type": "synced", "seq": db.seq}))
         dump = b"".join(parts)
-        self.limit = MAX_BACKLOG + len(dump)
+        self.backlog.allowance = len(dump)
         self.send_bytes(dump)
         self.subscribed = conn
         self.daemon.add_sink(self)

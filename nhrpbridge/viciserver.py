@@ -4,7 +4,7 @@ Strategy (reference/vici-nhrpd.md):
 - Each connection has its own Decoder and a queue of requests worked off by one
   task, so pipelined requests (nhrpd sends 5 packets on connect) are answered in
   order, and a slow `initiate` never delays another client. Writes never await;
-  a client whose backlog passes MAX_BACKLOG is dropped alone.
+  a client that stops reading is dropped alone (backlog.py).
 - Events go only to connections registered for them (charon's rule; the vici
   client would take an unexpected event for a command response). Registration
   of a name we do not know gets EVENT_UNKNOWN.
@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
+from .backlog import Backlog
 from .errors import PlutoError, RemoteProtocolError
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
 from .sadb import ChildSa, Event, IkeSa
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["ViciServer", "ike_message", "KNOWN_EVENTS"]
 
 log = logging.getLogger("nhrpbridge.vici")
-MAX_BACKLOG = 8 * 1024 * 1024
 KNOWN_EVENTS = frozenset({
     "ike-updown", "ike-rekey", "child-updown", "child-rekey", "child-state-installed",
     "child-state-rekeyed", "child-state-destroying", "list-sa", "control-log", "log",
@@ -99,16 +99,19 @@ class ViciConnection:
         self.decoder = Decoder()
         self.events: set[str] = set()
         self.queue: asyncio.Queue[Packet] = asyncio.Queue()
+        self.backlog = Backlog(writer.transport, self._drop)
         self.closed = False
 
     def send(self, packet: Packet | bytes) -> None:
         if self.closed:
             return
-        transport = self.writer.transport
-        transport.write(packet if isinstance(packet, bytes) else encode_packet(packet))
-        if transport.get_write_buffer_size() > MAX_BACKLOG:
-            log.warning("VICI client pid=%d does not read: dropped", self.cred.pid)
-            self.close(abort=True)
+        data = packet if isinstance(packet, bytes) else encode_packet(packet)
+        self.writer.transport.write(data)
+        self.backlog.wrote(len(data))
+
+    def _drop(self, why: str) -> None:
+        log.warning("VICI client pid=%d does not read (%s): dropped", self.cred.pid, why)
+        self.close(abort=True)
 
     def event(self, name: str, message: dict[str, Any] | bytes) -> None:
         """Send an event if registered; `message` may be the packet already encoded."""
@@ -120,6 +123,7 @@ class ViciConnection:
         if self.closed:
             return
         self.closed = True
+        self.backlog.cancel()
         self.server.connections.discard(self)
         if abort:
             self.writer.transport.abort()

@@ -1,0 +1,56 @@
+"""The drop rule for clients whose output piles up (backlog.py)."""
+import asyncio
+
+import nhrpbridge.backlog as backlog
+from nhrpbridge.backlog import HARD, SOFT, Backlog
+
+
+class StandInTransport:
+    """STAND-IN for an asyncio transport: only the pending-bytes count matters here."""
+
+    def __init__(self):
+        self.pending = 0
+
+    def get_write_buffer_size(self):
+        return self.pending
+
+    def is_closing(self):
+        return False
+
+
+def test_slow_reader_is_kept_stalled_one_dropped_hard_cap_at_once():
+    async def scenario():
+        backlog.STALL = 0.2
+        dropped = []
+        t = StandInTransport()
+        b = Backlog(t, dropped.append)
+        # a slow reader: past SOFT, but the kernel keeps taking some of each write
+        for _ in range(20):
+            t.pending += 1024 * 1024
+            b.wrote(1024 * 1024 + 4096)          # 4 KiB of it was taken: progress
+            await asyncio.sleep(0.02)
+        assert t.pending > SOFT and dropped == []
+        # it stops reading: dropped once STALL passes, even with no further write
+        t.pending += 1024
+        b.wrote(1024)
+        await asyncio.sleep(0.5)
+        assert dropped and "nothing read" in dropped[0]
+        dropped.clear()
+        t2 = StandInTransport()
+        b2 = Backlog(t2, dropped.append)
+        t2.pending = HARD + 1
+        b2.wrote(HARD + 1)
+        assert dropped and "hard limit" in dropped[0]
+        # a subscribe dump is allowed once on top of SOFT
+        dropped.clear()
+        t3 = StandInTransport()
+        b3 = Backlog(t3, dropped.append)
+        b3.allowance = 20 * 1024 * 1024
+        t3.pending = 25 * 1024 * 1024
+        b3.wrote(25 * 1024 * 1024)
+        await asyncio.sleep(0.4)
+        assert dropped == []
+    try:
+        asyncio.run(scenario())
+    finally:
+        backlog.STALL = 5.0
