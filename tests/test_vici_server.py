@@ -199,6 +199,7 @@ def test_list_sas_after_restart_already_lists_the_sas(vdaemon):
 @pytest.mark.parametrize("attack", ["oversized", "truncated", "random", "bad-type", "vanish"])
 def test_hostile_client_is_closed_and_others_are_served(vdaemon, attack):
     hub_up(vdaemon, 1)
+    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 1, what="1 SA")
     good = session(vdaemon.vici)
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
