@@ -54,18 +54,25 @@ def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
             probe.close()
     gid = grp.getgrnam(group).gr_gid if group else -1
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        sock.bind(path)
-        # listen before chmod: the path is connectable the moment it is final, so a
-        # client that sees the file is never refused; until chmod runs, the umask
-        # (no write bit for others) keeps everybody but us out
+        # bind under a temporary name, listen, set mode and group, then rename into
+        # place: the path appears only when the socket accepts with its final mode
+        # (a client that saw the file between bind() and listen() was refused, under
+        # load in CI)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        sock.bind(tmp)
         sock.listen(512)
-        os.chmod(path, mode)
+        os.chmod(tmp, mode)
         if gid >= 0:
-            os.chown(path, -1, gid)
+            os.chown(tmp, -1, gid)
+        os.rename(tmp, path)
         sock.setblocking(False)
     except BaseException:
         sock.close()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
         raise
     return sock
 
