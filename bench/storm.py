@@ -92,9 +92,18 @@ def run(records: int = 30_000) -> None:
                     (spool / f"{1000000000000 + seq}-{pid}.rec").write_bytes(record_bytes(env))
             written = time.perf_counter() - start
             results = []
+            deadline = time.monotonic() + 60        # make bench must finish whatever happens
             for w in watchers:
-                out, _ = w.communicate(timeout=180)
-                results.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+                try:
+                    out, _ = w.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    out, _ = w.communicate()
+                lines = out.strip().splitlines() if out else []
+                try:
+                    results.append(json.loads(lines[-1]) if lines else {})
+                except ValueError:
+                    results.append({})
             subs, vici = results[:3], results[3]
             drain = max(r.get("t", start) for r in results) - start
             ok = all(r.get("count") == expected and r.get("bad") == 0 for r in subs)
