@@ -21,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .certs import CertInfo, CertStore, cert_info, nss_cert_der, parse_dn
+from .certs import CertInfo, CertStore, nss_cert_der, parse_dn
 from .errors import RemoteProtocolError
 from .policy import Decision, decide
 from .protocol.nhrpevent import Decoder, encode_reply

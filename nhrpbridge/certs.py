@@ -17,9 +17,7 @@ Strategy:
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field

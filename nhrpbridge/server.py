@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .config import Config
