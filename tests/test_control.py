@@ -241,8 +241,12 @@ def test_stand_in_ipsec_gets_argv_without_a_shell(sockdir):
             assert r["error"]["code"] == "timeout"
             r = c.request("initiate", connection="$(touch x)", **{"remote-host": "198.51.100.20"})
             assert r["error"]["code"] == "bad-request"
-        calls = [json.loads(l) for l in (standin / "calls.jsonl").read_text().splitlines()]
-        assert ["whack", "--name", "dmvpn-198-51-100-20", "--initiate", "--asynchronous"] in calls
+        # the reply timed out at 1 s; the attempt goes on (addconn, a second race check)
+        read = lambda: [json.loads(l) for l in (standin / "calls.jsonl").read_text().splitlines()]
+        want = ["whack", "--name", "dmvpn-198-51-100-20", "--initiate", "--asynchronous"]
+        wait_until(lambda: want in read(), timeout=20, what="whack --initiate")
+        calls = read()
+        assert want in calls
         assert ["addconn", "--config", str(sockdir / "state" / "peers.conf"),
                 "dmvpn-198-51-100-20"] in calls
         assert not (Path.cwd() / "x").exists()
