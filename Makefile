@@ -21,9 +21,10 @@ test: $(VPY)
 bench: $(VPY)
 	$(VPY) bench/run.py
 
-# the user-mode-linux DMVPN lab (root); REPEAT=N runs it N times
+# the user-mode-linux DMVPN lab (root); FLAVOUR=debian12|debian13 (default: both),
+# REPEAT=N runs it N times per flavour
 lab:
-	bash lab/run-lab.sh $(if $(REPEAT),--repeat $(REPEAT))
+	bash lab/run-lab.sh $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(REPEAT),--repeat $(REPEAT))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

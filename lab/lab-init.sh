@@ -13,7 +13,9 @@
 # our hook), and in a private mount namespace (own /run, so /run/charon.vici is per node)
 # `nhrpbridge serve` (VICI socket, nhrp event socket, log follower), zebra and nhrpd. nhrpd,
 # not this script, triggers every IKE negotiation through nhrpbridge's VICI socket.
-# Kernel command line: LABOUT (results dir), SRC (project copy), PY (python3 binary).
+# Kernel command line: LABOUT (results dir), SRC (project copy), PY (python3 binary),
+# FLAVOUR (debian12: the host's own root; debian13: a root made by lab/mkroot.sh, which does
+# not hold $LABOUT: stage 1 mounts it from the host through hostfs).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 if [ "$LABSTAGE" != 2 ]; then
@@ -25,7 +27,9 @@ if [ "$LABSTAGE" != 2 ]; then
   mkdir -p /tmp/ov/upper /tmp/ov/work /tmp/ov/root
   if /sbin/modprobe -d /tmp/modroot overlay &&
      mount -t overlay overlay -o lowerdir=/,upperdir=/tmp/ov/upper,workdir=/tmp/ov/work /tmp/ov/root &&
-     [ -d "$LABOUT" ] && mount --bind "$LABOUT" "/tmp/ov/root$LABOUT"; then
+     mkdir -p "/tmp/ov/root$LABOUT" &&
+     if [ -d "$LABOUT" ]; then mount --bind "$LABOUT" "/tmp/ov/root$LABOUT"
+     else mount -t hostfs none "/tmp/ov/root$LABOUT" -o "$LABOUT"; fi; then
     umount /tmp/modroot/lib/modules/$KV
     LABSTAGE=2 exec chroot /tmp/ov/root "$0"
   fi
@@ -69,6 +73,8 @@ start_pluto() { # node (respawn loop; pid in run/pluto.pid)
 }
 
 main() {
+  echo "FLAVOUR $FLAVOUR: $(. /etc/os-release; echo "$PRETTY_NAME"), $(ipsec --version 2>&1 | head -1),\
+ FRR $(/usr/lib/frr/nhrpd --version 2>&1 | sed -n 's/.*version //p' | head -1), $($PY --version 2>&1)"
   echo "T kernel-up $(up)"
   KV=$(uname -r)
   mkdir -p /tmp/modroot/lib/modules/$KV
@@ -97,6 +103,11 @@ main() {
     pk12util -i $LABOUT/pki/$n.p12 -d sql:/tmp/lab/$n/nss -W lab >/dev/null
     certutil -A -d sql:/tmp/lab/$n/nss -n ca -t CT,, -a -i $LABOUT/pki/ca.pem
     : > /tmp/lab/$n/ipsec.secrets; chmod 600 /tmp/lab/$n/ipsec.secrets
+    # rendered here, so that --check runs this flavour's own `ipsec addconn`
+    if PYTHONPATH=$SRC $PY -m nhrpbridge render -c $LABOUT/$n/nhrpbridge.yaml \
+         --ipsec $LABOUT/$n/conns.conf --frr $LABOUT/$n/frr.conf --check >$LABOUT/$n/render.log 2>&1
+    then echo "RENDER $n: $(tail -1 $LABOUT/$n/render.log)"
+    else echo "RENDER $n FAILED: $(tail -3 $LABOUT/$n/render.log)"; RESULTS="$RESULTS render=FAIL"; fi
     { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
       cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
   done
@@ -130,6 +141,14 @@ main() {
         [ -f /tmp/lab/$n/norespawn ] && break; sleep 0.3; done ) &
       i=0; until [ -S /run/charon.vici ] && [ -S /run/nhrp-events.sock ]; do
         i=\$((i+1)); [ \$i -gt 300 ] && break; sleep 0.1; done
+      # FRR >= 9: zebra is a backend of mgmtd; without it zebra 10.3 retries its closed
+      # connection in a loop (19,000 log lines and a tenth of the guest's CPU each)
+      if [ -x /usr/lib/frr/mgmtd ]; then
+        mkdir -p /run/frr; chown frr:frr /run/frr
+        /usr/lib/frr/mgmtd -i $d/mgmtd.pid --vty_socket $d -A 127.0.0.1 -P 0 \
+          --log file:$LABOUT/$n/mgmtd.log > $LABOUT/$n/mgmtd.out 2>&1 &
+        i=0; until [ -S /run/frr/mgmtd_be.sock ]; do i=\$((i+1)); [ \$i -gt 100 ] && break; sleep 0.1; done
+      fi
       /usr/lib/frr/zebra -f $d/zebra.conf -i $d/zebra.pid -z $d/zserv.api \
         --vty_socket $d -A 127.0.0.1 -P 0 --log file:$LABOUT/$n/zebra.log > $LABOUT/$n/zebra.out 2>&1 &
       i=0; until [ -S $d/zserv.api ]; do i=\$((i+1)); [ \$i -gt 100 ] && break; sleep 0.1; done
@@ -182,6 +201,8 @@ main() {
   echo "=== spoke1: route/neigh/traffic"; ip -n labspoke1 neigh show dev gre1
   wk spoke1 --trafficstatus; wk spoke1 --showstates; vt spoke1 'show ip nhrp shortcut'
   echo "=== spoke2: traffic"; wk spoke2 --trafficstatus; wk spoke2 --showstates
+  for n in hub spoke1; do for w in showstates trafficstatus; do
+    wk $n --$w > $LABOUT/$n/whack-$w.txt 2>&1; done; done
   scenario shortcut $SC "after 20 more pings: spoke1 route '$RT'; direct ESP frames $E0 -> $E1; direct SA: '$(direct_sa | head -1 | cut -c1-70)'"
 
   # ---- 5. no cleartext (over everything so far) -----------------------------------
@@ -256,15 +277,16 @@ main() {
   kill $TD 2>/dev/null; wait $TD 2>/dev/null
   for n in $NODES; do touch /tmp/lab/$n/norespawn /tmp/lab/$n/norespawn-pluto; done
   for n in $NODES; do
-    d=/tmp/lab/$n/frr; kill $(cat $d/nhrpd.pid) $(cat $d/zebra.pid) $(cat /tmp/lab/$n/nb.pid) 2>/dev/null
+    d=/tmp/lab/$n/frr; kill $(cat $d/nhrpd.pid) $(cat $d/zebra.pid) $(cat $d/mgmtd.pid 2>/dev/null) $(cat /tmp/lab/$n/nb.pid) 2>/dev/null
   done
   for n in $NODES; do wk $n --shutdown >/dev/null 2>&1; done
   sleep 1
   cp /tmp/lab/wire.pcap "$LABOUT/" 2>/dev/null
-  for n in $NODES; do cp /tmp/lab/$n/ipsec.conf /tmp/lab/$n/nb/peers.conf /tmp/lab/$n/pluto.stdout "$LABOUT/$n/" 2>/dev/null; done
+  for n in $NODES; do cp /tmp/lab/$n/ipsec.conf /tmp/lab/$n/nb/peers.conf /tmp/lab/$n/pluto.stdout \
+    /tmp/lab/$n/nb/updown.env "$LABOUT/$n/" 2>/dev/null; done
   echo "T shutdown-done $(up)"
   case "$RESULTS" in *=FAIL*) echo "LAB-RESULT: FAIL";; *) echo "LAB-RESULT: PASS";; esac
 }
 main 2>&1 | tee "$LABOUT/guest-console.log"
 echo LAB-INIT-FINISHED
-poweroff -f
+poweroff -f 2>/dev/null; echo o > /proc/sysrq-trigger

@@ -1,19 +1,27 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes
 # (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each) and checks six scenarios.
-# Usage: lab/run-lab.sh [--repeat N] [--keep] [--timeout SECS] [--no-install]
+# Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep]
+#                       [--timeout SECS] [--no-install]
+# Flavours: debian12 boots the host's own Debian 12 (libreswan 4.10, FRR 8.4); debian13 a
+# Debian 13 root made by lab/mkroot.sh (libreswan 5.2, FRR 10.3), both with the same UML
+# kernel. all (the default) runs debian12 then debian13.
 # Needs root (network and mount namespaces inside the guest, apt-get). Results go to
 # /var/tmp/nhrpbridge-lab.XXXXXX (not /tmp: the guest mounts a tmpfs there); they are
 # kept when a scenario fails or with --keep.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-REPEAT=1; KEEP=0; TMO=480; INSTALL=1
+REPEAT=1; KEEP=0; TMO=480; INSTALL=1; FLAVOURS="debian12 debian13"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --flavour|--flavor)
+      case "$2" in all|"") ;; debian12|debian13) FLAVOURS=$2;;
+        *) echo "run-lab.sh: unknown flavour '$2' (debian12, debian13 or all)" >&2; exit 2;; esac
+      shift;;
     --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --timeout) TMO=$2; shift;;
     --no-install) INSTALL=0;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0;;
     *) echo "run-lab.sh: unknown argument $1" >&2; exit 2;;
   esac; shift
 done
@@ -22,7 +30,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "Run it as root (sudo make lab)." >&2
   exit 2
 fi
-PKGS="user-mode-linux libreswan libnss3-tools frr kmod iproute2 iputils-ping tcpdump iptables"
+PKGS="user-mode-linux libreswan libnss3-tools frr kmod iproute2 iputils-ping tcpdump iptables mmdebstrap"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -51,7 +59,6 @@ pluto:
   log: $OUT/$n/pluto.log
   reconcile-interval: 5
   nss-dir: /tmp/lab/$n/nss
-  version: "4"
 vici:
   socket: /run/charon.vici
 nhrp-events:
@@ -64,7 +71,7 @@ node:
   role: $role
   nbma: $nbma
   nhs: [198.51.100.1]
-  hook: $OUT/src/hooks/nhrpbridge-updown
+  hook: $OUT/src/lab/record-updown.sh
   gre:
     address: $gre
     holdtime: 60
@@ -77,7 +84,8 @@ node:
 EOY
 }
 
-one_run() { # run number -> sets RUN_OK, appends scenario verdicts to $SUMMARY
+one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdict" to $SUMMARY
+  local fl=$1 rootdir gpy init
   OUT=$(mktemp -d /var/tmp/nhrpbridge-lab.XXXXXX)
   chmod 755 "$OUT"
   mkdir -p "$OUT/src" "$OUT/uml"
@@ -89,14 +97,21 @@ one_run() { # run number -> sets RUN_OK, appends scenario verdicts to $SUMMARY
     IFS=: read -r n role nbma gre <<<"$spec"
     mkdir -p "$OUT/$n"
     node_yaml $n $role $nbma $gre > "$OUT/$n/nhrpbridge.yaml"
-    PYTHONPATH="$OUT/src" "$PY" -m nhrpbridge render -c "$OUT/$n/nhrpbridge.yaml" \
-      --ipsec "$OUT/$n/conns.conf" --frr "$OUT/$n/frr.conf" --check 2>>"$OUT/render.log"
   done
+  rootdir=${ROOTS[$fl]}
+  if [ "$rootdir" = / ]; then
+    gpy=$PY; init="$OUT/src/lab/lab-init.sh"
+  else
+    # the guest's / is the flavour's root: its init must live there; $OUT is mounted
+    # into the guest by lab-init.sh through hostfs
+    gpy=/usr/bin/python3; init=/nhrpbridge-lab-init.sh
+    install -m 755 "$HERE/lab-init.sh" "$rootdir$init"
+  fi
   local t0 t1 upid n=0
   t0=$(date +%s.%N)
-  TMPDIR=/dev/shm setsid linux.uml mem=1G root=/dev/root rootfstype=hostfs rootflags=/ rw \
-    uml_dir="$OUT/uml" umid=nblab init="$OUT/src/lab/lab-init.sh" con=null con0=fd:0,fd:1 \
-    LABOUT="$OUT" SRC="$OUT/src" PY="$PY" </dev/null >"$OUT/uml-kernel.log" 2>&1 &
+  TMPDIR=/dev/shm setsid linux.uml mem=1G root=/dev/root rootfstype=hostfs rootflags="$rootdir" rw \
+    uml_dir="$OUT/uml" umid=nblab-$fl init="$init" con=null con0=fd:0,fd:1 \
+    LABOUT="$OUT" SRC="$OUT/src" PY="$gpy" FLAVOUR="$fl" </dev/null >"$OUT/uml-kernel.log" 2>&1 &
   upid=$!
   while kill -0 $upid 2>/dev/null; do
     sleep 0.5; n=$((n+1))
@@ -105,25 +120,33 @@ one_run() { # run number -> sets RUN_OK, appends scenario verdicts to $SUMMARY
   wait $upid 2>/dev/null || true
   t1=$(date +%s.%N)
   WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-  grep -E '^T |^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
-  grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk '{print $2, $3}' | tr -d ':' >> "$SUMMARY" || true
+  grep -E '^FLAVOUR |^RENDER |^T |^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
+  grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk -v f="$fl" '{print f, $2, $3}' | tr -d ':' >> "$SUMMARY" || true
   if grep -q 'LAB-RESULT: PASS' "$OUT/guest-console.log" 2>/dev/null; then RUN_OK=1; else RUN_OK=0; fi
-  echo "run $1: $( [ $RUN_OK = 1 ] && echo PASS || echo FAIL ) in ${WALL}s (UML boot -> poweroff)"
+  echo "run $2 ($fl): $( [ $RUN_OK = 1 ] && echo PASS || echo FAIL ) in ${WALL}s (UML boot -> poweroff)"
+  echo "$fl $WALL" >> "$WALLS"
   if [ $RUN_OK = 1 ] && [ $KEEP = 0 ]; then rm -rf "$OUT"; else echo "results kept in $OUT"; fi
 }
 
-SUMMARY=$(mktemp)
-trap 'rm -f "$SUMMARY"' EXIT
+declare -A ROOTS
+for fl in $FLAVOURS; do ROOTS[$fl]=$(bash "$HERE/mkroot.sh" "$fl"); done
+SUMMARY=$(mktemp); WALLS=$(mktemp)
+trap 'rm -f "$SUMMARY" "$WALLS"' EXIT
 START=$(date +%s)
 ALL_OK=1
-for i in $(seq 1 "$REPEAT"); do
-  echo "==== lab run $i/$REPEAT"
-  one_run $i
-  [ $RUN_OK = 1 ] || ALL_OK=0
+for fl in $FLAVOURS; do
+  for i in $(seq 1 "$REPEAT"); do
+    echo "==== lab run $i/$REPEAT, flavour $fl"
+    one_run $fl $i
+    [ $RUN_OK = 1 ] || ALL_OK=0
+  done
 done
-echo "==== summary: $REPEAT run(s), $(( $(date +%s) - START ))s in all"
-for s in registration shortcut no-cleartext forged-registration restarts loss; do
-  p=$(grep -c "^$s PASS" "$SUMMARY" || true); x=$(grep -c "^$s XFAIL" "$SUMMARY" || true)
-  printf '  %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
+echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
+for fl in $FLAVOURS; do
+  echo "  $fl: wall times $(awk -v f=$fl '$1==f {printf "%ss ", $2}' "$WALLS")"
+  for s in registration shortcut no-cleartext forged-registration restarts loss; do
+    p=$(grep -c "^$fl $s PASS" "$SUMMARY" || true); x=$(grep -c "^$fl $s XFAIL" "$SUMMARY" || true)
+    printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
+  done
 done
 [ $ALL_OK = 1 ]

@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="validate with libreswan's `ipsec addconn --checkconfig`; any message fails")
     p.add_argument("--templates", metavar="DIR", help="templates that override the shipped ones")
-    p.add_argument("--ipsec-cmd", metavar="CMD", default="ipsec", help="ipsec executable for --check")
+    p.add_argument("--ipsec-cmd", metavar="CMD", default=None,
+                   help="ipsec executable for --check and the version (default: pluto: ipsec:)")
+    p.add_argument("--libreswan", choices=["4", "5"],
+                   help="write conns for this libreswan major version (default: `pluto: version:`, "
+                        "or ask `ipsec --version`)")
 
     p = sub.add_parser("replay", help="run recorded updown calls through the hook",
                        description="Replay lab updown log lines (VERB=... CONN=... | PLUTO_*=...) "
@@ -425,10 +429,11 @@ def cmd_resync(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .errors import RenderError
-    from .render import check_ipsec, render_frr, render_ipsec, render_secrets
+    from .render import check_ipsec, libreswan_major, render_frr, render_ipsec, render_secrets
     cfg = load_config(args.config)
     try:
-        ipsec_text = render_ipsec(cfg, args.templates)
+        major = int(args.libreswan) if args.libreswan else libreswan_major(cfg, args.ipsec_cmd)
+        ipsec_text = render_ipsec(cfg, args.templates, major)
         outputs = []
         if args.ipsec or not (args.frr or args.secrets):
             outputs.append((args.ipsec or "-", ipsec_text, 0o644))
@@ -437,7 +442,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         if args.secrets:
             outputs.append((args.secrets, render_secrets(cfg, args.templates), 0o600))
         if args.check:
-            problems = check_ipsec(ipsec_text, cfg.node.profile, args.ipsec_cmd, args.templates)
+            problems = check_ipsec(ipsec_text, cfg.node.profile, args.ipsec_cmd or cfg.ipsec,
+                                   args.templates)
             if problems:
                 for p in problems:
                     print(f"{args.config}: ipsec addconn --checkconfig: {p}", file=sys.stderr)
@@ -456,7 +462,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             f.write(text)
         os.replace(tmp, out)
     if args.check:
-        print(f"{args.config}: rendered conns pass ipsec addconn --checkconfig", file=sys.stderr)
+        print(f"{args.config}: rendered conns (libreswan {major}.x) pass ipsec addconn "
+              "--checkconfig", file=sys.stderr)
     return EXIT_OK
 
 

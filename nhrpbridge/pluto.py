@@ -154,11 +154,24 @@ def parse_version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+# the peer: `"conn":500` (4.x permanent conn: port only), `192.1.2.23:500`, `192.1.2.23` (no port), IPv6 `[2001:db8::23]:500` (5.x) or
+# bare `2001:db8::23` (no port can follow an unbracketed IPv6 address)
+_PEER = (r'(?::(?P<port0>\d+))?(?: (?:\.\.\.)?(?:\[(?P<peer6>[0-9a-fA-F:.]+)\](?::(?P<port6>\d+))?'
+         r'|(?P<peer>[0-9.]+)(?::(?P<port>\d+))?|(?P<peerv6>[0-9a-fA-F]*:[0-9a-fA-F:.]*)))?')
 _STATE = re.compile(
-    r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?'
-    r'(?: (?:\.\.\.)?(?P<peer>[0-9a-fA-F.:]+?))?(?::(?P<port>\d+))? (?P<rest>.*)$')
-_SPI = re.compile(r"\b(?P<proto>esp|ah)\.(?P<spi>[0-9a-fA-F]+)@(?P<addr>[0-9a-fA-F.:]+)")
+    r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?' + _PEER +
+    r' (?P<rest>.*)$')
+# an SA: `esp.SPI@addr` for IPv4, `esp:SPI@addr` for IPv6 (libreswan's said format)
+_SPI = re.compile(r"\b(?P<proto>esp|ah|comp|tun)[.:](?P<spi>[0-9a-fA-F]+)@(?P<addr>[0-9a-fA-F.:]+)")
 _IKE_OF = re.compile(r"(?:IKE SA|isakmp|parent) ?#(?P<ike>\d+)")
+
+
+def _canonical(addr: str) -> str:
+    """IPv6 compressed as ipaddress prints it, so hook, log and whack name a peer alike."""
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return addr
 
 
 def parse_showstates(text: str) -> list[PlutoState]:
@@ -173,7 +186,8 @@ def parse_showstates(text: str) -> list[PlutoState]:
         rest = m.group("rest")
         found = _SPI.findall(rest)
         if found:                          # the SPI line: `esp.SPI@addr esp.SPI@addr ...`
-            spis[serial] = [(int(spi, 16), addr) for _, spi, addr in found]
+            spis[serial] = [(int(spi, 16), _canonical(addr)) for proto, spi, addr in found
+                            if proto in ("esp", "ah")]
             continue
         head = rest.split(";", 1)[0]
         name, _, desc = head.partition(" (")
@@ -183,10 +197,12 @@ def parse_showstates(text: str) -> list[PlutoState]:
         low = (name + " " + desc).lower()
         is_child = "child" in low or "ipsec" in low
         ike = _IKE_OF.search(rest) if is_child else None
+        peer = m.group("peer") or m.group("peer6") or m.group("peerv6")
+        port = m.group("port") or m.group("port6") or m.group("port0")
         states[serial] = PlutoState(
             serial=serial, conn=m.group("conn"),
             instance=int(m.group("inst")) if m.group("inst") else None,
-            peer=m.group("peer"), port=int(m.group("port")) if m.group("port") else None,
+            peer=_canonical(peer) if peer else None, port=int(port) if port else None,
             name=name, description=desc, is_child=is_child,
             established="established" in low, ike_serial=int(ike.group("ike")) if ike else None)
     out = []
@@ -207,7 +223,8 @@ def parse_showstates(text: str) -> list[PlutoState]:
 
 _TRAFFIC = re.compile(
     r'^(?:\d{3} )?#(?P<serial>\d+): "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?'
-    r'(?: (?P<peer>[0-9a-fA-F.:]+))?, (?:username=[^,]*, )?type=(?P<type>\w+)[^,]*,'
+    r'(?: (?:\[(?P<peer6>[0-9a-fA-F:.]+)\](?::\d+)?|(?P<peer>[0-9.]+)(?::\d+)?'
+    r'|(?P<peerv6>[0-9a-fA-F]*:[0-9a-fA-F:.]*)))?, (?:username=[^,]*, )?type=(?P<type>\w+)[^,]*,'
     r' add_time=(?P<add>\d+),.*?id=\'(?P<id>.*)\'(?:, lease=.*)?$')
 
 
@@ -219,7 +236,9 @@ def parse_trafficstatus(text: str) -> list[Traffic]:
         if m:
             out.append(Traffic(int(m.group("serial")), m.group("conn"),
                                int(m.group("inst")) if m.group("inst") else None,
-                               m.group("peer"), m.group("type"), int(m.group("add")),
+                               _canonical(peer) if (peer := m.group("peer") or m.group("peer6")
+                                                     or m.group("peerv6")) else None,
+                               m.group("type"), int(m.group("add")),
                                m.group("id")))
     return out
 

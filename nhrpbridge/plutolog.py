@@ -30,8 +30,11 @@ __all__ = ["LogLine", "Notice", "parse_line", "LogInterpreter"]
 
 _TIME_LOGFILE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d+: ")
 _TIME_SYSLOG = re.compile(r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ pluto\[\d+\]: ")
+# a peer after the connection name: 4.x `192.0.2.1` / `2001:db8::1`, 5.x IPv6 may come
+# bracketed with a port: `[2001:db8::1]:500`
 _HEAD = re.compile(
-    r'^"(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?(?: (?:\.\.\.)?(?P<peer>[0-9a-fA-F.:]+))?'
+    r'^"(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?'
+    r'(?: (?:\.\.\.)?(?:\[(?P<peer6>[0-9a-fA-F:.]+)\](?::\d+)?|(?P<peer>[0-9a-fA-F.:]+)))?'
     r'(?: #(?P<serial>\d+))?: ')
 _SERIAL_ONLY = re.compile(r"^#(?P<serial>\d+): ")
 
@@ -41,13 +44,26 @@ _AUTH_CERT4 = re.compile(r"authenticated peer '(?P<alg>[^']*)' digital signature
 _AUTH_CERT5 = re.compile(r"authenticated peer certificate '(?P<subject>(?:[^']|'(?! and ))*)' and "
                          r"(?P<alg>.*?) digital signature issued by '(?P<issuer>.*)'$")
 _AUTH_ID = re.compile(r"authenticated peer using authby=(?P<authby>\S+) and (?P<idtype>\S+) '(?P<id>.*)'$")
+# raw public keys ("preloaded certificate", 4.x and 5.x word order) and RSA-signature
+# logins without a certificate (`using ID_FQDN '@east'`): the quoted value is the peer's ID
+_AUTH_RAW = re.compile(r"authenticated peer (?:'(?P<alg>[^']*)' (?:digital )?signature )?using "
+                       r"(?:preloaded certificate|(?P<idtype>ID_[A-Z0-9_]+)) "
+                       r"'(?P<id>(?:[^']|'(?! and ))*)'(?: and (?P<alg2>.*?) (?:digital )?signature)?")
 _USING = re.compile(r"using #(?P<ike>\d+)")
 _MODE = re.compile(r"IPsec (?P<mode>transport|tunnel) \[(?P<sel>[^\]]*)\](?: -> \[(?P<sel2>[^\]]*)\])?")
-_SPIS = re.compile(r"\{(?P<proto>ESP|AH)(?:/ESN)?=>0x(?P<out>[0-9a-fA-F]+) <0x(?P<in>[0-9a-fA-F]+)")
+# {ESP=>, {ESP/ESN=>, {ESPinUDP/ESN=> (NAT-T), {ESPinTCP=>, {ESP/TFC/ESN=>, {ESP/IPTFS=>
+_SPIS = re.compile(r"\{(?P<proto>ESP|AH)(?P<encap>in(?:UDP|TCP))?(?:/[A-Z]+)*=>0x(?P<out>[0-9a-fA-F]+)"
+                   r" <0x(?P<in>[0-9a-fA-F]+)")
+_NATD = re.compile(r"NATD=(?:\[(?P<a6>[0-9a-fA-F:.]+)\]|(?P<a4>[0-9.]+)):(?P<port>\d+)")
 _REKEYED = re.compile(r"^(?:initiator|responder) rekeyed (?P<what>IKE|Child) SA #(?P<old>\d+)")
 _DELETING_STATE = re.compile(r"^deleting state \((?P<state>[A-Z0-9_]+)\)")
 _TIMEOUT = re.compile(r"(?P<secs>[\d.]+) second timeout exceeded after (?P<n>\d+) retransmits")
-_SENT_INIT = re.compile(r"^sent IKE_SA_INIT request to (?P<addr>\[?[0-9a-fA-F.:]+?\]?):(?P<port>\d+)")
+# 4.x `to 192.1.2.23:500`, 5.x `to 192.1.2.23:UDP/500` (also TCP/4500), IPv6 bracketed
+_SENT_INIT = re.compile(r"^sent IKE_SA_INIT request to (?:\[(?P<addr6>[0-9a-fA-F:.]+)\]|"
+                        r"(?P<addr>[0-9.]+|[0-9a-fA-F:]+)):(?:(?P<transport>UDP|TCP)/)?(?P<port>\d+)")
+# an initiation that never got an IKE SA up times out in these states: not a liveness failure
+_INIT_STATES = ("IKE_SA_INIT_I", "IKE_AUTH_I", "STATE_V2_PARENT_I1", "STATE_V2_PARENT_I2",
+                "STATE_PARENT_I1", "STATE_PARENT_I2", "STATE_V2_IKE_SA_INIT_I", "STATE_V2_IKE_AUTH_I")
 _SWITCHED = re.compile(r'^switched to "(?P<conn>[^"]+)"(?:\[(?P<inst>\d+)\])?')
 _UPDOWN_FAIL4 = re.compile(r"^(?P<verb>[a-z]+-(?:host|client)(?:-v6)?) command exited with (?P<how>status|signal) (?P<n>\d+)")
 _UPDOWN_FAIL5 = re.compile(r'command "(?P<verb>[a-z-]+)": exited with (?P<how>status|signal) (?P<n>\d+)')
@@ -108,7 +124,10 @@ def parse_line(text: str) -> LogLine | None:
             return None
         if severity:
             data["severity"] = severity
-        return LogLine(kind, m.group("conn"), int(inst) if inst else None, m.group("peer"),
+        peer = m.group("peer6") or m.group("peer")
+        if peer and ":" in peer:
+            peer = _canonical(peer)
+        return LogLine(kind, m.group("conn"), int(inst) if inst else None, peer,
                        int(serial) if serial else None, data)
     except (ValueError, IndexError):
         return None
@@ -144,8 +163,10 @@ def _classify(msg: str) -> tuple[str | None, dict[str, Any]]:
         return "child-deleted", {}
     if "second timeout exceeded" in msg:
         m = _TIMEOUT.search(msg)
-        return "liveness-timeout", {"seconds": float(m.group("secs")) if m else None, "text": msg}
-    if "supposed to remain up" in msg:
+        state = msg.split(":", 1)[0]
+        kind = "initiate-timeout" if state in _INIT_STATES else "liveness-timeout"
+        return kind, {"seconds": float(m.group("secs")) if m else None, "text": msg}
+    if "supposed to remain up" in msg or (c == "r" and msg.startswith("reviving connection which")):
         return "revival", {"text": msg}
     if msg.startswith("liveness action"):
         return "liveness-action", {"text": msg}
@@ -153,7 +174,9 @@ def _classify(msg: str) -> tuple[str | None, dict[str, Any]]:
         if msg.startswith("sent IKE_SA_INIT request to "):
             m = _SENT_INIT.match(msg)
             if m:
-                return "ike-init", {"addr": m.group("addr").strip("[]"), "port": int(m.group("port"))}
+                addr = m.group("addr6") or m.group("addr")
+                return "ike-init", {"addr": _canonical(addr), "port": int(m.group("port")),
+                                    "transport": m.group("transport") or "UDP"}
         elif msg.startswith("switched to "):
             m = _SWITCHED.match(msg)
             if m:
@@ -178,6 +201,9 @@ def _established(msg: str) -> tuple[str | None, dict[str, Any]]:
                         signature=a.group("alg"))
         elif a := _AUTH_ID.search(msg):
             data.update(auth=a.group("authby"), id=a.group("id"), idtype=a.group("idtype"))
+        elif a := _AUTH_RAW.search(msg):
+            data.update(auth="rsasig" if a.group("idtype") else "raw-key", id=a.group("id"),
+                        idtype=a.group("idtype") or "", signature=a.group("alg") or a.group("alg2"))
         return "ike-established", data
     data.update(_child_details(msg))
     return "child-established", data
@@ -190,6 +216,10 @@ def _child_details(msg: str) -> dict[str, Any]:
     if s := _SPIS.search(msg):
         data.update(protocol=s.group("proto"), spi_out=int(s.group("out"), 16),
                     spi_in=int(s.group("in"), 16))
+        if s.group("encap"):
+            data["encap"] = s.group("encap")[2:]
+    if n := _NATD.search(msg):
+        data["natd"] = (_canonical(n.group("a6") or n.group("a4")), int(n.group("port")))
     if md := _MODE.search(msg):
         data["mode"] = md.group("mode").upper()
         local, remote = _selector_hosts(md.group("sel"), md.group("sel2"))
@@ -217,6 +247,14 @@ def _selector_hosts(sel: str, sel2: str | None) -> tuple[str | None, str | None]
         except ValueError:
             return None
     return first(left), first(right)
+
+
+def _canonical(addr: str) -> str:
+    """An address as ipaddress prints it (IPv6 compressed); the text itself if not one."""
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return addr
 
 
 # ---- interpretation ------------------------------------------------------------
@@ -351,6 +389,9 @@ class LogInterpreter:
 
     def _liveness_timeout(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         return [self._notice("liveness-timeout", line, memo, line.data["text"])]
+
+    def _initiate_timeout(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        return [self._notice("initiate-timeout", line, memo, line.data["text"])]
 
     def _liveness_action(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         return [self._notice("liveness-action", line, memo, line.data["text"])]

@@ -26,7 +26,7 @@ import jinja2
 from .config import Config, NodeConfig
 from .errors import RenderError
 
-__all__ = ["template_dirs", "environment", "render_ipsec", "render_frr", "render_secrets",
+__all__ = ["template_dirs", "environment", "libreswan_major", "render_ipsec", "render_frr", "render_secrets",
            "render_peers", "check_ipsec"]
 
 _UNSAFE = ("\n", "\r", "\0", '"')
@@ -93,13 +93,37 @@ def _node(cfg: Config) -> NodeConfig:
     return cfg.node
 
 
-def _context(cfg: Config) -> dict[str, Any]:
+def _context(cfg: Config, libreswan: int = 4) -> dict[str, Any]:
     return {"node": _node(cfg), "source": cfg.source, "spool": str(cfg.spool_dir),
-            "event_socket": cfg.event_socket or str(cfg.state_dir / "nhrp-events.sock")}
+            "event_socket": cfg.event_socket or str(cfg.state_dir / "nhrp-events.sock"),
+            "libreswan": libreswan}
 
 
-def render_ipsec(cfg: Config, templates: str | None = None) -> str:
-    return environment(templates).get_template("ipsec.conf.j2").render(**_context(cfg))
+def libreswan_major(cfg: Config, ipsec: str | None = None) -> int:
+    """The libreswan major version the conns are for: `pluto: version:`, else asked.
+
+    Keywords differ: 4.x refuses `keyexchange=ikev2`, 5.x renamed `ikev2=insist` to it
+    (and logs a warning for every conn loaded with the old spelling).
+    """
+    if cfg.libreswan_version != "auto":
+        return int(cfg.libreswan_version)
+    cmd = ipsec or cfg.ipsec
+    try:
+        r = subprocess.run([cmd, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RenderError(f"cannot ask `{cmd} --version` which libreswan this is ({exc}); "
+                          "set `pluto: version: 4` or `5`") from None
+    from .pluto import parse_version
+    from .errors import PlutoError
+    try:
+        return parse_version(r.stdout + r.stderr)[0]
+    except PlutoError as exc:
+        raise RenderError(f"{exc}; set `pluto: version: 4` or `5`") from None
+
+
+def render_ipsec(cfg: Config, templates: str | None = None, libreswan: int = 4) -> str:
+    return environment(templates).get_template("ipsec.conf.j2").render(
+        **_context(cfg, libreswan))
 
 
 def render_frr(cfg: Config, templates: str | None = None) -> str:

@@ -133,3 +133,32 @@ def test_templates_are_found_after_pip_install(tmp_path):
     loc = subprocess.run([str(py), "-c", "import nhrpbridge; print(nhrpbridge.__file__)"],
                          capture_output=True, text=True, cwd=tmp_path).stdout
     assert str(ROOT) not in loc
+
+
+@pytest.mark.parametrize("major, keyword, absent", [(4, "\tikev2=insist\n", "keyexchange"),
+                                                    (5, "\tkeyexchange=ikev2\n", "ikev2=")])
+def test_conns_are_written_for_the_libreswan_version(major, keyword, absent):
+    """4.10 refuses keyexchange=ikev2; 5.x logs a warning per conn for ikev2=insist."""
+    cfg = load_config(SAMPLES / "hub.yaml")
+    text = render_ipsec(cfg, libreswan=major)
+    assert keyword in text and absent not in text.split("conn ", 1)[1]
+    golden("hub.ipsec.conf" if major == 4 else "hub.ipsec5.conf",
+           text.replace(str(SAMPLES), "samples"))
+
+
+def test_version_comes_from_the_config_or_from_ipsec(tmp_path):
+    fake = tmp_path / "ipsec"
+    fake.write_text("#!/bin/sh\necho 'Libreswan U5.2/K6.1.0'\n")
+    fake.chmod(0o755)
+    cfg_file = tmp_path / "n.yaml"
+    cfg_file.write_text((SAMPLES / "hub.yaml").read_text())
+    r = subprocess.run(NB + ["render", "-c", str(cfg_file), "--ipsec-cmd", str(fake)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "keyexchange=ikev2" in r.stdout
+    r = subprocess.run(NB + ["render", "-c", str(cfg_file), "--ipsec-cmd", str(fake),
+                             "--libreswan", "4"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "ikev2=insist" in r.stdout
+    r = subprocess.run(NB + ["render", "-c", str(cfg_file), "--ipsec-cmd", str(tmp_path / "none")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1
+    assert "set `pluto: version: 4` or `5`" in r.stderr and str(cfg_file) in r.stderr
