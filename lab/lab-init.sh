@@ -258,6 +258,41 @@ main() {
   echo "T spoke1-back $(up)"
   scenario restarts $R6 "hub IKE serials before/after nhrpbridge and nhrpd restarts: [$S0] [$S1] [$S2]; spoke1 pluto kill -> link-down -> SA back via nhrpd;$W6"
 
+  # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
+  nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
+           -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
+  R7=PASS; W7=""
+  PV=$(ipsec --version 2>&1 | sed -n 's/.*Libreswan U\{0,1\}\([0-9]*\.[0-9]*\).*/\1/p' | head -1)
+  nblog hub | grep -q "nhrpbridge.pluto: libreswan $PV\$" || { R7=FAIL; W7="$W7 version $PV not detected;"; }
+  # --showstates/--trafficstatus parsed: nhrpbridge's view after a resync matches whack's
+  nb hub resync >/dev/null
+  ike13() { nb hub status --json | $PY -c 'import json,sys
+for i in json.load(sys.stdin)["ike-sas"]:
+    if i["remote-host"] == "198.51.100.13": print(i["uniqueid"], i.get("serial"))'; }
+  WS=$(wk hub --showstates | grep -E '198\.51\.100\.13.*ESTABLISHED_IKE_SA|198\.51\.100\.13.*STATE_V2_ESTABLISHED_IKE_SA' | sed -n 's/^\(000 \)\{0,1\}#\([0-9]*\):.*/\2/p' | tail -1)
+  NS=$(ike13 | head -1)
+  [ -n "$WS" ] && [ "${NS#* }" = "$WS" ] || { R7=FAIL; W7="$W7 hub IKE to .13: whack #$WS, nhrpbridge '$NS';"; }
+  # terminate a connection (5.x --down, 4.x --terminate): spoke3 drops its link to the hub
+  T1=$(nb spoke3 terminate dmvpn --json)
+  waitfor 10 sh -c "! ipsec whack --rundir /tmp/lab/spoke3/run --trafficstatus | grep -q type=ESP" \
+    || { R7=FAIL; W7="$W7 spoke3 terminate left an SA;"; }
+  # initiate from the hub (5.x: the template with --remote-host; 4.x: a per-peer conn)
+  MARK=$(wc -l < $LABOUT/hub/pluto.log)
+  I1=$(nb hub initiate dmvpn 198.51.100.13 --timeout 30 --json)
+  waitfor 30 sh -c "tail -n +$MARK $LABOUT/hub/pluto.log | grep -q 'sent IKE_SA_INIT request to 198.51.100.13'" \
+    || { R7=FAIL; W7="$W7 hub sent no IKE_SA_INIT to .13;"; }
+  waitfor 30 sh -c "ipsec whack --rundir /tmp/lab/hub/run --trafficstatus | grep -q \"198.51.100.13\\|dmvpn-198-51-100-13\"" \
+    || { R7=FAIL; W7="$W7 no hub SA to .13 after initiate;"; }
+  FORM=$(nblog hub | grep -o "'--remote-host', '198.51.100.13'\|'--name', 'dmvpn-198-51-100-13', '--initiate'" | tail -1)
+  # delete one IKE SA by serial (5.x --name #N --down, 4.x --deletestate N)
+  nb hub resync >/dev/null
+  U=$(ike13 | tail -1); S=${U#* }; U=${U% *}
+  T2=$(nb hub terminate dmvpn --ike-id "$U" --json)
+  waitfor 10 sh -c "! ipsec whack --rundir /tmp/lab/hub/run --showstates | grep -q '#$S: '" \
+    || { R7=FAIL; W7="$W7 IKE #$S still there after terminate --ike-id;"; }
+  echo "  spoke3 terminate: $T1"; echo "  hub initiate: $I1"; echo "  hub terminate --ike-id $U: $T2"
+  scenario whack $R7 "libreswan $PV detected; hub IKE to .13 whack #$WS = nhrpbridge $NS; spoke3 terminate -> no SA; hub initiate ($FORM) -> IKE_SA_INIT sent, SA up; IKE #$S deleted by serial;$W7"
+
   # ---- 3. loss -----------------------------------------------------------------------
   touch /tmp/lab/spoke2/norespawn-pluto
   kill -9 $(cat /tmp/lab/spoke2/run/pluto.pid)
