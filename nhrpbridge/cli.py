@@ -13,7 +13,7 @@ from typing import Any
 
 from . import __version__
 from .config import DEFAULT_CONFIG, Config, load_config
-from .errors import ConfigError, ConfigProblem
+from .errors import ConfigError, ConfigProblem, NhrpBridgeError
 
 __all__ = ["main"]
 
@@ -195,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _attach_optional_parts(daemon, cfg, args)
     try:
         asyncio.run(daemon.run())
-    except OSError as exc:
+    except (OSError, NhrpBridgeError) as exc:
         logging.getLogger("nhrpbridge").error("cannot start: %s", exc)
         return EXIT_FAIL
     return EXIT_OK

@@ -8,6 +8,7 @@
       RecordError              a spool record that cannot be parsed (kept aside, never lost)
       PlutoError               whack/addconn failed, timed out or is missing
       RenderError              a value that cannot be written into ipsec.conf safely
+      StateError               a state file this version must not use (written by a newer one)
 
 Codecs raise only ProtocolError subclasses (the h11 split), so a server can catch
 RemoteProtocolError per connection and keep serving everybody else.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 __all__ = [
     "NhrpBridgeError", "ConfigError", "ConfigProblem", "ProtocolError",
     "LocalProtocolError", "RemoteProtocolError", "RecordError", "PlutoError",
-    "RenderError",
+    "RenderError", "StateError",
 ]
 
 
@@ -89,3 +90,8 @@ class PlutoError(NhrpBridgeError):
 
 class RenderError(NhrpBridgeError):
     """A configuration value cannot be rendered safely."""
+
+
+class StateError(NhrpBridgeError):
+    """The state file was written by a newer nhrpbridge: starting empty would reuse
+    uniqueids and forget SAs, so the daemon refuses to start instead."""

@@ -72,10 +72,19 @@ def check_conn_name(name: str) -> str:
 
 
 def check_ip(addr: str) -> str:
+    """An IP address in canonical form, else PlutoError.
+
+    Only the form ipaddress prints is accepted: no IPv6 scope id (`fe80::1%eth0` would
+    carry any text, newlines included, into peers.conf), no leading zeros, no spaces.
+    """
     try:
-        return str(ipaddress.ip_address(addr))
+        ip = ipaddress.ip_address(addr)
     except (ValueError, TypeError):
         raise PlutoError(f"invalid IP address {addr!r}", "bad-request") from None
+    if "%" in addr or str(ip) != addr:
+        raise PlutoError(f"IP address {addr!r} is not in canonical form ({str(ip).split('%')[0]!r}"
+                         " without a scope id)", "bad-request")
+    return addr
 
 
 def per_peer_name(profile: str, remote: str) -> str:

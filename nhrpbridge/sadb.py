@@ -511,8 +511,10 @@ class SaDatabase:
             if c is not None:
                 seen_child.add(c.uniqueid)
         for c in list(self.child_sas.values()):
+            # spared only if reported within the grace period; an `installed` in the
+            # future (the wall clock stepped back since) does not spare it for the step
             if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
-                    and self._now - c.installed >= rc.grace:
+                    and not 0 <= self._now - c.installed < rc.grace:
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \

@@ -14,6 +14,7 @@ Strategy:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -36,6 +37,8 @@ log = logging.getLogger("nhrpbridge")
 CHECKPOINT_INTERVAL = 0.5
 POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
 INCOMPLETE_GRACE = 10.0      # a record still without its trailer after this: writer died
+# a record that cannot be read for these reasons is fine: read it again later
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 BATCH = 256                  # records applied before yielding to the loop, so clients read
                              # while a storm is ingested (one pass of 6,000 records used to
                              # overflow even a reading subscriber's backlog)
@@ -60,7 +63,8 @@ def sd_notify(state: str) -> None:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.clock = clock
         self.db = SaDatabase()
@@ -85,6 +89,8 @@ class Daemon:
         self._wake = asyncio.Event()
         self._named: set[str] = set()       # files inotify reported since the last pass
         self._blocked: set[str] = set()     # a record being written and those after it
+        self._incomplete: dict[str, float] = {}  # record name -> monotonic first sight
+        self.monotonic = monotonic               # ages and grace periods (never the wall clock)
         self._stop = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
         self._socket_paths: list[str] = []
@@ -153,13 +159,15 @@ class Daemon:
         self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         try:
             db_state, applied = self.state.load()
+            if db_state is not None:
+                self.db = SaDatabase.from_state(db_state)
+                self.extra_state = db_state.get("extra", {})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             dest = self.state.quarantine()
             log.error("state file unusable (%s); moved to %s, starting empty", exc, dest)
+            self.db, self.extra_state = SaDatabase(), {}
             db_state, applied = None, set()
         if db_state is not None:
-            self.db = SaDatabase.from_state(db_state)
-            self.extra_state = db_state.get("extra", {}) if isinstance(db_state, dict) else {}
             log.info("state loaded: %d IKE SAs, %d Child SAs, seq %d",
                      len(self.db.ike_sas), len(self.db.child_sas), self.db.seq)
         done = [n for n in self.spool.pending() if n in applied]
@@ -167,18 +175,26 @@ class Daemon:
             log.info("%d spool records were already applied before a restart; removed", len(done))
             self.spool.remove(done)
 
-    def checkpoint(self) -> None:
-        """Persist the database, then drop the records it includes."""
+    def checkpoint(self) -> bool:
+        """Persist the database, then drop the records it includes; False if it failed."""
         if self._checkpointing or (not self._pending and not self._dirty):
-            return
+            return not self._checkpointing
         if self.log_follower is not None:
             self.extra_state["log"] = self.log_follower.position()
-        self.state.save(self.db.to_state_json(), self._pending, self.extra_state)
+        try:
+            self.state.save(self.db.to_state_json(), self._pending, self.extra_state)
+        except OSError as exc:
+            # the records stay in the spool: the next checkpoint (or start) applies them
+            log.error("checkpoint failed (%s); %d records kept in the spool", exc,
+                      len(self._pending))
+            self.stats["checkpoint-failures"] = self.stats.get("checkpoint-failures", 0) + 1
+            return False
         self.spool.remove(self._pending)
         self._on_disk.difference_update(self._pending)
         self._pending = []
         self._dirty = False
         self.stats["checkpoints"] += 1
+        return True
 
     # ---- ingest
 
@@ -207,35 +223,57 @@ class Daemon:
                 break
             try:
                 data, written = self.spool.read(name)
-                if not is_complete(data):
-                    if self.clock() - written < INCOMPLETE_GRACE:
-                        # still being written: keep arrival order, retry soon
-                        self._blocked = set(names[i:])
-                        break
-                    raise RecordError(f"incomplete after {INCOMPLETE_GRACE:.0f} s (hook killed?)")
-                env = decode_record(data)
-                change = parse_updown_env(env)
             except FileNotFoundError:
                 continue
-            except (RecordError, OSError) as exc:
-                self.stats["bad-records"] += 1
-                try:
-                    dest = self.spool.set_aside(name)
-                except OSError:
-                    dest = name
-                log.error("spool record %s is unusable (%s); kept as %s", name, exc, dest)
+            except OSError as exc:
+                if exc.errno in _TRANSIENT:
+                    # out of descriptors or memory: the record is fine, read it later
+                    log.warning("cannot read spool record %s now (%s); retrying", name, exc)
+                    self.stats["record-retries"] = self.stats.get("record-retries", 0) + 1
+                    self._blocked = set(names[i:])
+                    break
+                self._set_aside(name, exc)
+                continue
+            if not is_complete(data):
+                # the age is measured on the monotonic clock from when we first saw the
+                # record: a file mtime in the future (clock stepped back) must not hold
+                # every later record back
+                first = self._incomplete.setdefault(name, self.monotonic())
+                if self.monotonic() - first < INCOMPLETE_GRACE:
+                    self._blocked = set(names[i:])      # keep arrival order, retry soon
+                    break
+                self._set_aside(name, RecordError(
+                    f"incomplete after {INCOMPLETE_GRACE:.0f} s (hook killed?)"))
+                continue
+            self._incomplete.pop(name, None)
+            try:
+                env = decode_record(data)
+                change = parse_updown_env(env)
+                events = self.apply(change, written) if change is not None else []
+            except Exception as exc:     # RecordError, or anything else a crafted record raises
+                self._set_aside(name, exc)
                 continue
             self._on_disk.add(name)
             self._pending.append(name)
             count += 1
             self.stats["records"] += 1
             if change is not None:
-                events = self.apply(change, written)
                 if not events and type(change).__name__ == "ChildDown":
                     log.info("%s for SPIs never announced (%s %s -> %s); reconciliation settles it",
                              env.get("PLUTO_VERB"), change.conn_name, change.local_host,
                              change.remote_host)
         return count
+
+    def _set_aside(self, name: str, exc: BaseException) -> None:
+        """One unusable record goes to spool/bad/ and nothing else is affected."""
+        self.stats["bad-records"] += 1
+        self._incomplete.pop(name, None)
+        try:
+            dest: Any = self.spool.set_aside(name)
+        except OSError:
+            dest = name
+        log.error("spool record %s is unusable (%s: %s); kept as %s", name,
+                  type(exc).__name__, str(exc)[:200], dest)
 
     async def _ingest_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -392,8 +430,11 @@ class Daemon:
         if self.log_follower is not None:
             await self.log_follower.aclose()
         self.ingest_once()
-        self.checkpoint()
-        log.info("stopped; state saved (seq %d)", self.db.seq)
+        if self.checkpoint():
+            log.info("stopped; state saved (seq %d)", self.db.seq)
+        else:
+            log.error("stopped; state NOT saved (seq %d): the spool keeps the records, the "
+                      "next start applies them again", self.db.seq)
 
     def stop(self) -> None:
         self._stop.set()

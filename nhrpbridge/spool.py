@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .errors import StateError
 
 __all__ = ["Spool", "StateFile", "RECORD_SUFFIX", "order"]
 
@@ -70,23 +73,36 @@ def order(name: str) -> tuple[int, str]:
 @dataclass
 class StateFile:
     path: Path
+    # injected so tests can play a full disk (short writes, ENOSPC)
+    write: Callable[[int, bytes], int] = field(default=os.write, repr=False)
 
     def load(self) -> tuple[dict[str, Any] | None, set[str]]:
         """Return (database state, applied record names); (None, set()) if absent.
 
         Raises:
-            ValueError: the file exists but is not a state file we wrote.
+            StateError: written by a newer nhrpbridge (refuse to start, touch nothing).
+            ValueError: the file exists but is not a state file we can read.
         """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None, set()
         data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: not a state file (a JSON {type(data).__name__})")
+        version = data.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+            raise StateError(f"{self.path} was written by a newer nhrpbridge (state version "
+                             f"{version}, this one reads {STATE_VERSION}); upgrade nhrpbridge "
+                             "or move the file away to start empty")
+        if version != STATE_VERSION:
             raise ValueError(f"{self.path}: not a version {STATE_VERSION} state file")
-        db = data["db"]
-        db["extra"] = data.get("extra", {})
-        return db, set(data.get("applied", []))
+        db, extra, applied = data.get("db"), data.get("extra", {}), data.get("applied", [])
+        if not isinstance(db, dict) or not isinstance(extra, dict) or not isinstance(applied, list) \
+                or not all(isinstance(n, str) for n in applied):
+            raise ValueError(f"{self.path}: db, extra or applied has the wrong type")
+        db["extra"] = extra
+        return db, set(applied)
 
     def save(self, db_json: str, applied: list[str], extra: dict[str, Any] | None = None) -> None:
         """Write atomically: temp file, fsync, rename, fsync the directory.
@@ -99,10 +115,17 @@ class StateFile:
                    f'"applied":{json.dumps(applied)}}}').encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, payload)
+            view = memoryview(payload)
+            while view:                      # a full disk gives short writes, then ENOSPC
+                view = view[self.write(fd, view):]
             os.fsync(fd)
-        finally:
+            if os.fstat(fd).st_size != len(payload):
+                raise OSError(f"{tmp}: {os.fstat(fd).st_size} of {len(payload)} bytes on disk")
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)                   # the old state file stays as it was
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -111,7 +134,15 @@ class StateFile:
             os.close(dfd)
 
     def quarantine(self) -> Path:
-        """Move a damaged state file aside so the daemon can start afresh."""
-        dest = self.path.with_name(self.path.name + ".corrupt")
-        os.replace(self.path, dest)
-        return dest
+        """Move a damaged state file aside so the daemon can start afresh; every damaged
+        copy is kept (`state.json.corrupt-<unix time>[-N]`), none overwrites another."""
+        stamp = int(time.time())
+        for n in range(1000):
+            dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                os.link(self.path, dest)     # fails if dest exists: no copy is overwritten
+            except FileExistsError:
+                continue
+            os.unlink(self.path)
+            return dest
+        raise OSError(f"{self.path}: too many damaged copies kept beside it")

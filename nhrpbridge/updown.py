@@ -38,19 +38,37 @@ def profile_of(conn_name: str, remote_host: str) -> str:
 
 
 def _spi(env: dict[str, str], name: str) -> int:
+    """A 32-bit SPI (a 3,600-digit one once made every checkpoint fail)."""
     raw = env.get(name, "0x0") or "0x0"
+    if len(raw) > 10:
+        raise RecordError(f"{name}={raw[:24]!r}... is not a 32-bit SPI")
     try:
-        return int(raw, 16)
+        spi = int(raw, 16)
     except ValueError:
         raise RecordError(f"{name}={raw!r} is not a hexadecimal SPI") from None
+    if not 0 <= spi <= 0xFFFFFFFF:
+        raise RecordError(f"{name}={raw!r} is not a 32-bit SPI")
+    return spi
 
 
 def _addr(env: dict[str, str], name: str) -> str:
     raw = env.get(name, "")
     try:
+        if "%" in raw:                 # a scope id carries any text; pluto never sends one
+            raise ValueError
         return str(ipaddress.ip_address(raw))
     except ValueError:
-        raise RecordError(f"{name}={raw!r} is not an IP address") from None
+        raise RecordError(f"{name}={raw[:64]!r} is not an IP address") from None
+
+
+MAX_TEXT = 4096        # IDs and selectors: pluto's own limit is far below; VICI's is 64 KiB
+
+
+def _text(env: dict[str, str], name: str) -> str:
+    raw = env.get(name, "")
+    if len(raw) > MAX_TEXT:
+        raise RecordError(f"{name} is {len(raw)} characters long (at most {MAX_TEXT})")
+    return raw
 
 
 def parse_updown_env(env: dict[str, str]) -> ChildUp | ChildDown | Unroute | None:
@@ -68,6 +86,8 @@ def parse_updown_env(env: dict[str, str]) -> ChildUp | ChildDown | Unroute | Non
     conn = env.get("PLUTO_CONNECTION", "")
     if not conn:
         raise RecordError("PLUTO_CONNECTION is missing")
+    if len(conn) > 256 or not conn.isprintable():
+        raise RecordError(f"PLUTO_CONNECTION={conn[:64]!r} is not a connection name")
     local, remote = _addr(env, "PLUTO_ME"), _addr(env, "PLUTO_PEER")
     profile = profile_of(conn, remote)
     if base == "unroute":
@@ -76,15 +96,15 @@ def parse_updown_env(env: dict[str, str]) -> ChildUp | ChildDown | Unroute | Non
     if base == "down":
         return ChildDown(conn_name=conn, connection=profile, local_host=local, remote_host=remote,
                          spi_in=spi_in, spi_out=spi_out)
-    try:
-        reqid = int(env.get("PLUTO_SA_REQID", "0") or 0)
-    except ValueError:
-        raise RecordError(f"PLUTO_SA_REQID={env['PLUTO_SA_REQID']!r} is not a number") from None
+    raw = env.get("PLUTO_SA_REQID", "0") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > 0xFFFFFFFF:
+        raise RecordError(f"PLUTO_SA_REQID={raw[:24]!r} is not a 32-bit number")
+    reqid = int(raw)
     return ChildUp(
         conn_name=conn, connection=profile, local_host=local, remote_host=remote,
-        local_id=env.get("PLUTO_MY_ID", ""), remote_id=env.get("PLUTO_PEER_ID", ""),
+        local_id=_text(env, "PLUTO_MY_ID"), remote_id=_text(env, "PLUTO_PEER_ID"),
         spi_in=spi_in, spi_out=spi_out, reqid=reqid,
         mode=(env.get("PLUTO_CONNECTION_TYPE") or "transport").upper(),
         protocol=(env.get("PLUTO_SA_TYPE") or "ESP").upper(),
-        local_ts=env.get("PLUTO_MY_CLIENT", ""), remote_ts=env.get("PLUTO_PEER_CLIENT", ""),
+        local_ts=_text(env, "PLUTO_MY_CLIENT"), remote_ts=_text(env, "PLUTO_PEER_CLIENT"),
         source="updown")

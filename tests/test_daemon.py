@@ -83,7 +83,8 @@ def test_damaged_state_file_is_set_aside(sockdir):
     (state / "state.json").write_text("{not json")
     d = _inproc(state)
     assert d.db.seq == 0
-    assert (state / "state.json.corrupt").read_text() == "{not json"
+    (kept,) = state.glob("state.json.corrupt-*")
+    assert kept.read_text() == "{not json"
 
 
 def test_unparseable_record_is_kept_aside_and_the_rest_applied(sockdir):
@@ -342,7 +343,7 @@ def test_record_being_written_is_waited_for_in_order(sockdir):
 def test_record_whose_writer_died_is_set_aside_after_grace(sockdir):
     state = sockdir / "s"
     now = [time.time()]
-    d = Daemon(Config.for_state_dir(state), clock=lambda: now[0])
+    d = Daemon(Config.for_state_dir(state), clock=lambda: now[0], monotonic=lambda: now[0])
     d.load_state()
     name = write_record(d.spool.path, 1, up_env())
     (d.spool.path / name).write_bytes((d.spool.path / name).read_bytes()[:-20])

@@ -183,6 +183,8 @@ def _ansi_quoted(data: bytes, pos: int, out: bytearray) -> int:
             if not digits:
                 raise RecordError(f"offset {pos}: bad \\{chr(e)} escape")
             n = int(digits, 16)
+            if n > 0x10FFFF:                   # bash prints $'\U7fffffff' for such bytes
+                raise RecordError(f"offset {pos}: \\{chr(e)}{digits.decode()} is beyond Unicode")
             out += bytes([n]) if e == ord("x") else chr(n).encode("utf-8", "surrogatepass")
         elif e == ord("c") and pos < end:
             out.append(data[pos] & 0x1F)
