@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
+from .backlog import Backlog
 from .certs import CertInfo, CertStore, nss_cert_der, parse_dn
 from .errors import RemoteProtocolError
 from .policy import Decision, decide
@@ -46,6 +48,7 @@ class Authorizer:
         self.nss_dir = nss_dir
         self.local_nick = local_nick
         self._local: tuple[float, bytes | None] = (0.0, None)
+        self._refreshing: asyncio.Task[None] | None = None
 
     def policy_for(self, connection: str) -> tuple[str, dict[str, tuple[str, ...]]]:
         conn = self.daemon.cfg.connections.get(connection)
@@ -57,18 +60,39 @@ class Authorizer:
     # -- certificate data (also for VICI local-cert-data / remote-cert-data)
 
     def local_cert(self) -> bytes | None:
+        """Our certificate, from a cache refreshed every LOCAL_CERT_TTL seconds.
+
+        certutil can take seconds (a locked NSS database): inside the event loop it runs
+        in a worker thread and this returns the cached value meanwhile, so no socket
+        stalls; without a loop (a CLI dry run) it runs here.
+        """
         stamp, der = self._local
         if not self.local_nick or not self.nss_dir:
             return None
-        if time.monotonic() - stamp > LOCAL_CERT_TTL:
+        if stamp == 0.0 or time.monotonic() - stamp > LOCAL_CERT_TTL:
             try:
-                der = nss_cert_der(self.nss_dir, self.local_nick)
-            except (ValueError, OSError, Exception) as exc:   # certutil missing, DB locked...
-                log.warning("cannot read our certificate %r from %s: %s", self.local_nick,
-                            self.nss_dir, exc)
-                der = None
-            self._local = (time.monotonic(), der)
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._local = (time.monotonic(), self._read_local())
+                return self._local[1]
+            if self._refreshing is None:
+                self._refreshing = loop.create_task(self._refresh())
         return der
+
+    async def _refresh(self) -> None:
+        try:
+            der = await asyncio.to_thread(self._read_local)
+            self._local = (time.monotonic(), der)
+        finally:
+            self._refreshing = None
+
+    def _read_local(self) -> bytes | None:
+        try:
+            return nss_cert_der(self.nss_dir, self.local_nick)
+        except (ValueError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("cannot read our certificate %r from %s: %s", self.local_nick,
+                        self.nss_dir, exc)
+            return None
 
     def peer_cert(self, ike: IkeSa | None) -> CertInfo | None:
         if ike is None or self.store is None:
@@ -146,6 +170,12 @@ class NhrpEventServer:
         cred = peer_cred(writer.get_extra_info("socket"))
         log.info("nhrpd event socket: connection from pid=%d uid=%d", cred.pid, cred.uid)
         dec = Decoder()
+
+        def drop(why: str) -> None:
+            log.warning("nhrpd event socket: pid=%d does not read its answers (%s): dropped",
+                        cred.pid, why)
+            writer.transport.abort()
+        backlog = Backlog(writer.transport, drop)
         try:
             while True:
                 data = await reader.read(65536)
@@ -154,8 +184,9 @@ class NhrpEventServer:
                 dec.feed(data)
                 while (block := dec.next_block()) is not None:
                     reply = self.handle(block)
-                    if reply:
+                    if reply and not writer.transport.is_closing():
                         writer.write(reply)
+                        backlog.wrote(len(reply))
         except RemoteProtocolError as exc:
             log.warning("nhrpd event socket: %s; closing", exc)
         except (ConnectionError, OSError, asyncio.CancelledError):
@@ -164,6 +195,7 @@ class NhrpEventServer:
             if dec.pending:
                 log.warning("nhrpd event socket: connection closed in the middle of a block "
                             "(%d bytes dropped, nothing to answer)", dec.pending)
+            backlog.cancel()
             writer.close()
 
     def handle(self, block: dict[str, str]) -> bytes | None:

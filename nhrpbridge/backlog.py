@@ -6,6 +6,10 @@ storm benchmark saw healthy subscribers dropped at a flat 8 MiB). So: past SOFT
 bytes pending, a client is dropped if the kernel took none of its data for STALL
 seconds; past HARD bytes it is dropped at once. Memory per client stays bounded
 and the daemon never waits for anybody.
+
+Across clients, POOL bytes pending in all of them together is the global bound: past
+it, a client that holds more than SOFT itself is dropped at once (many idle readers
+cannot add up to gigabytes). The same rule serves the API, VICI and nhrp event sockets.
 """
 from __future__ import annotations
 
@@ -13,17 +17,31 @@ import asyncio
 import time
 from typing import Callable
 
-__all__ = ["Backlog", "SOFT", "HARD", "STALL"]
+__all__ = ["Backlog", "Pool", "SOFT", "HARD", "STALL", "POOL"]
 
 SOFT = 8 * 1024 * 1024
 HARD = 64 * 1024 * 1024
 STALL = 5.0
+POOL = 256 * 1024 * 1024
+
+
+class Pool:
+    """Bytes pending across every client of one daemon."""
+
+    def __init__(self, limit: int = POOL):
+        self.limit = limit
+        self.pending = 0
+
+
+_DEFAULT_POOL = Pool()
 
 
 class Backlog:
-    def __init__(self, transport: asyncio.WriteTransport, drop: Callable[[str], None]):
+    def __init__(self, transport: asyncio.WriteTransport, drop: Callable[[str], None],
+                 pool: Pool | None = None):
         self.transport = transport
         self.drop = drop
+        self.pool = pool or _DEFAULT_POOL
         self.allowance = 0           # extra bytes allowed once (a subscribe dump)
         self._last = 0
         self._progress = time.monotonic()
@@ -35,7 +53,12 @@ class Backlog:
         now = time.monotonic()
         if pending < self._last + n:         # the kernel took some of it: progress
             self._progress = now
+        self.pool.pending += pending - self._last
         self._last = pending
+        if self.pool.pending > self.pool.limit and pending > SOFT:
+            self.drop(f"{pending} bytes pending while all clients hold {self.pool.pending} "
+                      f"(global limit {self.pool.limit})")
+            return
         if pending <= SOFT + self.allowance:
             if pending < SOFT:
                 self.allowance = 0
@@ -53,6 +76,9 @@ class Backlog:
             self.wrote(0)
 
     def cancel(self) -> None:
+        """The client is gone: its bytes no longer count."""
+        self.pool.pending -= self._last
+        self._last = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -182,7 +182,7 @@ class CertStore:
             try:
                 ders = _load_file(f)
                 infos = [cert_info(d, str(f)) for d in ders]
-            except (ValueError, TypeError, OSError) as exc:
+            except Exception as exc:   # cryptography raises more than ValueError (DuplicateExtension...)
                 self.problems.append(StoreProblem(str(f), f"not a certificate ({exc})"))
                 continue
             for info in infos:

@@ -306,7 +306,9 @@ class PlutoController:
             return True
         states = parse_showstates((await self.call(self.whack.showstates(),
                                                    "whack --showstates")).stdout)
-        busy = [s for s in states if (s.peer == remote or s.conn == name)
+        # a per-peer conn's states are this peer's; a template's (--remote-host) are
+        # everybody's: only the peer address tells those apart
+        busy = [s for s in states if (s.peer == remote or (name != conn and s.conn == name))
                 and (not s.established or s.is_child)]
         if busy:
             self.stats["skipped-race"] += 1

@@ -9,6 +9,7 @@
       PlutoError               whack/addconn failed, timed out or is missing
       RenderError              a value that cannot be written into ipsec.conf safely
       StateError               a state file this version must not use (written by a newer one)
+      SpoolError               a spool others could write into: its records would be forged
 
 Codecs raise only ProtocolError subclasses (the h11 split), so a server can catch
 RemoteProtocolError per connection and keep serving everybody else.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 __all__ = [
     "NhrpBridgeError", "ConfigError", "ConfigProblem", "ProtocolError",
     "LocalProtocolError", "RemoteProtocolError", "RecordError", "PlutoError",
-    "RenderError", "StateError",
+    "RenderError", "StateError", "SpoolError",
 ]
 
 
@@ -95,3 +96,8 @@ class RenderError(NhrpBridgeError):
 class StateError(NhrpBridgeError):
     """The state file was written by a newer nhrpbridge: starting empty would reuse
     uniqueids and forget SAs, so the daemon refuses to start instead."""
+
+
+class SpoolError(NhrpBridgeError):
+    """The spool is a symlink, not owned by root or our own user, or writable by group or
+    others: anyone who can write a record there could create or destroy SAs."""

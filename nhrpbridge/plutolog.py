@@ -92,10 +92,14 @@ class Notice:
     text: str
 
 
-def _strip_prefix(text: str) -> tuple[str, str]:
-    """Remove timestamps, whack codes and severity; return (severity, rest)."""
-    if text[:1].isalnum() and (m := _TIME_LOGFILE.match(text) or _TIME_SYSLOG.match(text)):
-        text = text[m.end():]
+def _strip_prefix(text: str) -> tuple[str, str, bool]:
+    """Remove timestamps, whack codes and severity; return (severity, rest, via syslog)."""
+    syslog = False
+    if text[:1].isalnum():
+        if m := _TIME_LOGFILE.match(text):
+            text = text[m.end():]
+        elif m := _TIME_SYSLOG.match(text):
+            text, syslog = text[m.end():], True
     if len(text) > 4 and text[3] == " " and text[:3].isdigit():
         text = text[4:]
     severity = ""
@@ -103,7 +107,7 @@ def _strip_prefix(text: str) -> tuple[str, str]:
         severity, text = "error", text[7:]
     elif text.startswith("warning: "):
         severity, text = "warning", text[9:]
-    return severity, text
+    return severity, text, syslog
 
 
 def parse_line(text: str) -> LogLine | None:
@@ -112,7 +116,7 @@ def parse_line(text: str) -> LogLine | None:
     if q < 0 and "#" not in text:
         return None
     try:
-        severity, rest = _strip_prefix(text.rstrip("\r\n"))
+        severity, rest, syslog = _strip_prefix(text.rstrip("\r\n"))
         m = _HEAD.match(rest)
         if m is None:
             return None
@@ -124,6 +128,8 @@ def parse_line(text: str) -> LogLine | None:
             return None
         if severity:
             data["severity"] = severity
+        if syslog:
+            data["via-syslog"] = True     # anyone can write such a line (logger -t pluto)
         peer = m.group("peer6") or m.group("peer")
         if peer and ":" in peer:
             peer = _canonical(peer)

@@ -393,6 +393,18 @@ class SaDatabase:
                              local_id=up.local_id, remote_id=up.remote_id,
                              serial=up.ike_serial, inferred=up.ike_serial is None)
 
+    def annotates(self, change: Any) -> bool:
+        """Would `change` only add facts to an SA we already hold (never create, remove or
+        re-key one)? The test applied to changes from sources others can write."""
+        if isinstance(change, IkeUp):
+            return any(i.remote_host == change.remote_host and i.connection == change.connection
+                       and i.serial in (None, change.serial) for i in self.ike_sas.values())
+        if isinstance(change, ChildUp):
+            return (change.spi_in or change.spi_out) and self._match_child(
+                change.local_host, change.remote_host, change.spi_in, change.spi_out,
+                None) is not None
+        return False
+
     def _match_child(self, local: str, remote: str, spi_in: int, spi_out: int,
                      serial: int | None) -> ChildSa | None:
         if serial is not None and (uid := self._child_by_serial.get(serial)) is not None:

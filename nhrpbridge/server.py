@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from .config import Config
-from .errors import PlutoError, RecordError
+from .errors import PlutoError, RecordError, StateError
 from .protocol.exportp import decode_record, is_complete
 from .sadb import Event, SaDatabase
 from .spool import RECORD_SUFFIX, Spool, StateFile
@@ -38,6 +38,8 @@ CHECKPOINT_INTERVAL = 0.5
 POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
 INCOMPLETE_GRACE = 10.0      # a record still without its trailer after this: writer died
 # a record that cannot be read for these reasons is fine: read it again later
+MAX_CLIENTS = 512            # connections over all sockets together
+MAX_CLIENTS_PER_UID = 64     # ... and per client uid (root excepted)
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 BATCH = 256                  # records applied before yielding to the loop, so clients read
                              # while a storm is ingested (one pass of 6,000 records used to
@@ -79,6 +81,7 @@ class Daemon:
         self.authorizer = Authorizer(self)   # registration authorization; serve adds store/policy
         from .plutolog import LogInterpreter
         self.log_interp = LogInterpreter()
+        self.log_interp_untrusted = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other sources' persisted positions
         self._on_disk: set[str] = set()   # applied, not yet checkpointed: still in the spool
         self._pending: list[str] = []
@@ -90,6 +93,7 @@ class Daemon:
         self._named: set[str] = set()       # files inotify reported since the last pass
         self._blocked: set[str] = set()     # a record being written and those after it
         self._incomplete: dict[str, float] = {}  # record name -> monotonic first sight
+        self._clients: dict[int, int] = {}       # uid -> open connections (all sockets)
         self.monotonic = monotonic               # ages and grace periods (never the wall clock)
         self._stop = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
@@ -111,7 +115,10 @@ class Daemon:
             self.stats["events"] += 1
             log.info("%s seq=%d %s", ev.kind, ev.seq, _describe(ev))
             for sink in list(self.sinks):
-                sink.push_event(ev)
+                try:
+                    sink.push_event(ev)
+                except Exception:       # one sink's bug must not cost the others this event
+                    log.exception("%s could not take event seq %d", type(sink).__name__, ev.seq)
 
     def apply(self, change: Any, when: float | None = None) -> list[Event]:
         """Apply one change from any source, publish, and mark state dirty."""
@@ -121,18 +128,30 @@ class Daemon:
             self.publish(events)
         return events
 
-    def apply_log_lines(self, lines: list[str]) -> None:
-        """Lines from pluto's log: enrich and correct the database, relay notices."""
+    def apply_log_lines(self, lines: list[str], trusted: bool = True) -> None:
+        """Lines from pluto's log: enrich and correct the database, relay notices.
+
+        A line from an untrusted source (a file others can write, anything that came
+        through syslog) may only annotate an SA the hook or whack reported: it never
+        creates or destroys one. Such lines have an interpreter of their own, so they
+        cannot mislead the interpretation of trusted ones either.
+        """
         from .plutolog import Notice, parse_line
         for text in lines:
             parsed = parse_line(text)
             if parsed is None:
                 continue
-            for item in self.log_interp.feed(parsed):
+            sure = trusted and not parsed.data.get("via-syslog")
+            interp = self.log_interp if sure else self.log_interp_untrusted
+            for item in interp.feed(parsed):
                 if isinstance(item, Notice):
                     self.publish_notice(item)
-                else:
+                elif sure or self.db.annotates(item):
                     self.apply(item)
+                else:
+                    self.stats["log-changes-ignored"] = self.stats.get("log-changes-ignored", 0) + 1
+                    log.debug("untrusted log line ignored (it would %s): %s",
+                              type(item).__name__, text[:200])
         self._dirty = True      # the log position moved: checkpoint it
         self._wake.set()
 
@@ -153,6 +172,23 @@ class Daemon:
                 push(msg)
 
     # ---- state
+
+    def lock_state_dir(self) -> None:
+        """flock STATE_DIR/lock before touching the spool or a socket: a second daemon on
+        the same state would consume records, and take sockets over."""
+        import fcntl
+        self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(self.cfg.state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"{self.cfg.state_dir} is in use by another nhrpbridge "
+                             "(its lock file is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def load_state(self) -> None:
         self.spool.ensure()
@@ -224,6 +260,9 @@ class Daemon:
             try:
                 data, written = self.spool.read(name)
             except FileNotFoundError:
+                continue
+            except RecordError as exc:           # not a regular file, or too large
+                self._set_aside(name, exc)
                 continue
             except OSError as exc:
                 if exc.errno in _TRANSIENT:
@@ -356,7 +395,31 @@ class Daemon:
     async def serve_unix(self, path: str, mode: int, group: str,
                          handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> None:
         sock = bind_unix(path, mode, group)
-        server = await asyncio.start_unix_server(handler, sock=sock, limit=1 << 20)
+
+        async def limited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """At most MAX_CLIENTS_PER_UID connections per uid and MAX_CLIENTS in all,
+            over every socket: idle connections must not eat the descriptors that spool
+            records and nhrpd need. Root (pluto's tools, nhrpd under some setups) is only
+            bound by the total."""
+            cred = peer_cred(writer.get_extra_info("socket"))
+            mine = self._clients.get(cred.uid, 0)
+            total = sum(self._clients.values())
+            if total >= MAX_CLIENTS or (cred.uid != 0 and mine >= MAX_CLIENTS_PER_UID):
+                self.stats["refused-clients"] = self.stats.get("refused-clients", 0) + 1
+                log.warning("%s: refused a connection from pid=%d uid=%d (%d open for this uid, "
+                            "%d in all; limits %d and %d)", path, cred.pid, cred.uid, mine, total,
+                            MAX_CLIENTS_PER_UID, MAX_CLIENTS)
+                writer.transport.abort()
+                return
+            self._clients[cred.uid] = mine + 1
+            try:
+                await handler(reader, writer)
+            finally:
+                self._clients[cred.uid] -= 1
+                if not self._clients[cred.uid]:
+                    del self._clients[cred.uid]
+
+        server = await asyncio.start_unix_server(limited, sock=sock, limit=1 << 20)
         self._servers.append(server)
         self._socket_paths.append(path)
         log.info("listening on %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
@@ -373,6 +436,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Everything up to READY=1."""
+        raise_fd_limit()
+        self.lock_state_dir()
         self.load_state()
         self.ingest_once()
         if self.log_follower is not None:
@@ -398,6 +463,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         await self.start()
         tasks = [loop.create_task(self._ingest_loop())]
         if self.controller is not None:
@@ -436,8 +502,33 @@ class Daemon:
             log.error("stopped; state NOT saved (seq %d): the spool keeps the records, the "
                       "next start applies them again", self.db.seq)
 
+    def on_sighup(self) -> None:
+        """SIGHUP (the operator's "reload", systemd's ExecReload): re-read what can change
+        in place, the certificate store; never die of it (the default action)."""
+        store = getattr(self.authorizer, "store", None) if self.authorizer else None
+        if store is not None:
+            store.load()
+            log.info("SIGHUP: certificate store %s reloaded; other configuration changes "
+                     "need a restart", store.path)
+        else:
+            log.info("SIGHUP: nothing to reload in place (no certificate store); other "
+                     "configuration changes need a restart")
+
     def stop(self) -> None:
         self._stop.set()
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: room for MAX_CLIENTS and the spool."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.debug("RLIMIT_NOFILE raised from %d to %d", soft, want)
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d: %s", soft, exc)
 
 
 def _describe(ev: Event) -> str:

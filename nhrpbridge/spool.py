@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StateError
+from .errors import RecordError, SpoolError, StateError
+from .protocol.exportp import MAX_RECORD
 
 __all__ = ["Spool", "StateFile", "RECORD_SUFFIX", "order"]
 
@@ -34,9 +36,23 @@ class Spool:
     path: Path
 
     def ensure(self) -> None:
-        """Create the spool (mode 0700) and its bad/ folder if missing."""
+        """Create the spool (mode 0700) and its bad/ folder if missing, and refuse one
+        that others could write into (SpoolError)."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.check()
         (self.path / "bad").mkdir(mode=0o700, exist_ok=True)
+
+    def check(self) -> None:
+        """Trust model: only root (pluto) and the daemon's own user may write the spool."""
+        st = os.lstat(self.path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise SpoolError(f"spool {self.path} is not a directory (a symlink?); refusing it")
+        if st.st_uid not in (0, os.geteuid()):
+            raise SpoolError(f"spool {self.path} is owned by uid {st.st_uid}, not root or "
+                             f"uid {os.geteuid()}; anyone owning it could forge SAs")
+        if st.st_mode & 0o022:
+            raise SpoolError(f"spool {self.path} is writable by group or others (mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}); chmod 0700 it")
 
     def pending(self) -> list[str]:
         """Record names in arrival order."""
@@ -47,9 +63,34 @@ class Spool:
         return names
 
     def read(self, name: str) -> tuple[bytes, float]:
-        """Record bytes and the time the hook wrote them (when pluto reported)."""
-        with open(self.path / name, "rb") as f:
-            return f.read(), os.fstat(f.fileno()).st_mtime
+        """Record bytes and the time the hook wrote them (when pluto reported).
+
+        Regular files only, never through a symlink, never blocking (a FIFO named
+        *.rec), and at most MAX_RECORD + 1 bytes (a link to /dev/zero, a huge file).
+
+        Raises:
+            RecordError: not a regular file, or too large.
+            OSError: as open/read raise it (EMFILE and friends mean: later).
+        """
+        fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise RecordError(f"{name} is not a regular file")
+            if st.st_size > MAX_RECORD:
+                raise RecordError(f"{name} is {st.st_size} bytes (at most {MAX_RECORD})")
+            chunks, size = [], 0
+            while size <= MAX_RECORD:
+                chunk = os.read(fd, MAX_RECORD + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > MAX_RECORD:
+                raise RecordError(f"{name} grew beyond {MAX_RECORD} bytes")
+            return b"".join(chunks), st.st_mtime
+        finally:
+            os.close(fd)
 
     def remove(self, names: list[str]) -> None:
         for name in names:

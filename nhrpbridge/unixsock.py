@@ -45,9 +45,15 @@ def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
         try:
             probe.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)
-        except OSError:
-            os.unlink(path)
+            try:                           # stale: nobody listens on it any more
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        except OSError as exc:
+            # EAGAIN (a full accept backlog), a timeout, EACCES...: somebody may well be
+            # alive there; taking the path over would run two servers on one socket
+            raise SocketInUse(errno.EADDRINUSE, f"{path} may belong to a live server "
+                              f"(probe: {exc}); not taking it over") from None
         else:
             raise SocketInUse(errno.EADDRINUSE, f"a live server already answers on {path}")
         finally:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
 from .backlog import Backlog
-from .errors import PlutoError, RemoteProtocolError
+from .errors import LocalProtocolError, PlutoError, RemoteProtocolError
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
 from .sadb import ChildSa, Event, IkeSa
 from .unixsock import PeerCred, may_control, peer_cred
@@ -208,7 +208,11 @@ class ViciServer:
         for name, msg in self._translate(ev):
             targets = [c for c in self.connections if name in c.events]
             if targets:
-                data = encode_packet(Packet(PacketType.EVENT, name, msg))   # once for all
+                try:
+                    data = encode_packet(Packet(PacketType.EVENT, name, msg))   # once for all
+                except LocalProtocolError as exc:
+                    log.warning("VICI %s for seq %d not sent: %s", name, ev.seq, exc)
+                    continue
                 for conn in targets:
                     conn.event(name, data)
 
@@ -283,7 +287,14 @@ class ViciServer:
                 children = [c for c in children if want_child in (c.connection, c.conn_name)]
                 if not children:
                     continue
-            conn.event("list-sa", ike_message(ike, children, certs=self.certs(ike)))
+            try:
+                data = encode_packet(Packet(PacketType.EVENT, "list-sa",
+                                            ike_message(ike, children, certs=self.certs(ike))))
+            except LocalProtocolError as exc:    # one SA that cannot be sent hides no other
+                log.warning("VICI list-sa: IKE SA %d (%s) skipped: %s", ike.uniqueid,
+                            ike.remote_host, exc)
+                continue
+            conn.event("list-sa", data)
         return {}
 
     def _may_control(self, conn: ViciConnection, what: str) -> str | None:

@@ -358,3 +358,21 @@ def test_shortcut_higher_address_lets_the_peer_initiate(tmp_path):
     finally:
         control.SHORTCUT_YIELD = 3.0
     assert len(runner3.named("--initiate")) == 1
+
+
+def test_remote_host_initiate_is_not_blocked_by_other_peers_of_the_template(tmp_path):
+    """Seen on libreswan 5.2 with per-peer: no: every state of the template "dmvpn" was
+    taken for a negotiation with the new peer, so the hub never initiated."""
+    other = ('#4: "dmvpn"[2] 198.51.100.12:500 ESTABLISHED_CHILD_SA (established Child SA); '
+             "IKE SA #3; idle;\n"
+             '#4: "dmvpn"[2] 198.51.100.12 esp.1@198.51.100.12 esp.2@198.51.100.1 ref=0\n')
+    runner = RecordingWhack(showstates=other, version="Libreswan 5.2")
+    d, ctl = make(tmp_path, runner, connections={"dmvpn": ConnConfig("dmvpn", per_peer="no")})
+
+    async def scenario():
+        task = asyncio.create_task(ctl.initiate("dmvpn", "198.51.100.13"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+    asyncio.run(scenario())
+    assert ["ipsec", "whack", "--name", "dmvpn", "--remote-host", "198.51.100.13", "--initiate",
+            "--asynchronous"] in runner.calls

@@ -158,8 +158,10 @@ def test_journald_backend_with_a_stand_in_journalctl(tmp_path):
     """STAND-IN: no journald runs here, so a script plays journalctl (argv recorded)."""
     argv_file = tmp_path / "argv"
     entries = [
-        {"__CURSOR": "s=1", "MESSAGE": '"hub" #1: sent IKE_SA_INIT request to 198.51.100.1:500'},
-        {"__CURSOR": "s=2", "MESSAGE": list(b'"hub" #1: initiator established IKE SA; '
+        {"__CURSOR": "s=1", "_UID": "0", "_COMM": "pluto",
+         "MESSAGE": '"hub" #1: sent IKE_SA_INIT request to 198.51.100.1:500'},
+        {"__CURSOR": "s=2", "_UID": "0", "_COMM": "pluto",
+         "MESSAGE": list(b'"hub" #1: initiator established IKE SA; '
                                             b"authenticated peer using authby=secret and "
                                             b"ID_FQDN '@hub\xff'")},
         "not json",
@@ -172,7 +174,8 @@ def test_journald_backend_with_a_stand_in_journalctl(tmp_path):
 
     async def run():
         j = JournalFollower(journalctl=str(stand_in))
-        await j.start(got.extend, {"backend": "journald", "cursor": "s=0"})
+        await j.start(lambda lines, trusted: got.extend(lines), {"backend": "journald",
+                                                                  "cursor": "s=0"})
         for _ in range(100):
             if len(got) >= 2:
                 break

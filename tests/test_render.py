@@ -1,5 +1,6 @@
 """render: samples pass libreswan's own parser; golden output; bad input; installed copy."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_dn_values_are_quoted():
 
 def test_per_peer_stanza_comes_from_the_same_template():
     text = render_peers("/etc/ipsec.conf", [("dmvpn-198-51-100-12", "dmvpn", "198.51.100.12")])
-    peer = (ROOT / "templates" / "peer.conf.j2").read_text()
+    peer = re.sub(r"{{ (\w+) \| ipsec_word }}", r"{{ \1 }}",
+                  (ROOT / "templates" / "peer.conf.j2").read_text())
     assert peer.replace("{{ name }}", "dmvpn-198-51-100-12").replace(
         "{{ profile }}", "dmvpn").replace("{{ remote }}", "198.51.100.12") in text
 

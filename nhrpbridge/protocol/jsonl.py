@@ -11,6 +11,11 @@ Strategy:
   and VICI events read the same. Unknown keys are ignored by the server (forward
   compatibility); the codec does not look at them.
 - Encoding is canonical: sorted keys, no spaces, so golden tests are byte-exact.
+- Every line is valid UTF-8. A value that carries bytes which were not UTF-8 (a DN
+  byte from pluto, kept as Python's surrogateescape U+DC80..U+DCFF) or a lone
+  surrogate (a client may send one in a request id) is written with JSON's
+  backslash-u escapes: the line is then pure ASCII, still valid JSON, and the
+  bytes are recoverable.
 """
 from __future__ import annotations
 
@@ -31,10 +36,13 @@ def encode(msg: dict[str, Any]) -> bytes:
     if not isinstance(msg, dict):
         raise LocalProtocolError("a JSON-lines message must be an object")
     try:
-        return (json.dumps(msg, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-                + "\n").encode("utf-8", "surrogateescape")
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(msg, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"cannot encode message: {exc}") from None
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:            # surrogates: escape them, the line stays valid
+        return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode("ascii")
 
 
 def error_reply(req_id: Any, code: str, message: str) -> dict[str, Any]:

@@ -14,6 +14,14 @@ Strategy (file):
   replacement: garbage never stops the follower. Lines over MAX_LINE are cut.
 Strategy (journald): `journalctl -o json -f SYSLOG_IDENTIFIER=pluto`, resuming
 with `--after-cursor` from the persisted cursor.
+
+Trust (any local user can write `pluto[N]:` lines with `logger -t pluto`):
+- journald: an entry counts only if journald's own fields say pluto wrote it
+  (`_UID=0` and `_COMM=pluto`, or `_SYSTEMD_UNIT=ipsec.service`); SYSLOG_IDENTIFIER is
+  the sender's word and proves nothing. Other entries are skipped and counted.
+- file: the sink is told whether the file is trusted (owned by root or us, writable by
+  nobody else). Lines that came through syslog are never trusted; the daemon lets
+  untrusted lines only annotate SAs that the hook or whack reported.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ log = logging.getLogger("nhrpbridge.plutolog")
 MAX_LINE = 64 * 1024
 POLL = 1.0
 
-LineSink = Callable[[list[str]], None]
+LineSink = Callable[[list[str], bool], None]   # (lines, from a trusted source)
 
 
 class FileFollower:
@@ -161,7 +169,14 @@ class FileFollower:
                 self._close()
                 continue
             if lines and self.sink:
-                self.sink(lines)
+                self.sink(lines, self.trusted())
+
+    def trusted(self) -> bool:
+        """Only root (pluto) or our own user can have written this file."""
+        if self.fd is None:
+            return False
+        st = os.fstat(self.fd)
+        return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
 
     def stop(self) -> None:
         if self._task:
@@ -183,9 +198,17 @@ class JournalFollower:
         self.cursor: str | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
+        self.forged = 0
 
     def position(self) -> dict[str, Any]:
         return {"backend": "journald", "cursor": self.cursor}
+
+    @staticmethod
+    def written_by_pluto(entry: dict[str, Any]) -> bool:
+        """journald's trusted fields (the sender cannot set those starting with _)."""
+        if entry.get("_SYSTEMD_UNIT") == "ipsec.service" and entry.get("_UID") == "0":
+            return True
+        return entry.get("_UID") == "0" and entry.get("_COMM") == "pluto"
 
     def argv(self) -> list[str]:
         args = [self.journalctl, "--output=json", "--follow", "--no-pager",
@@ -236,8 +259,16 @@ class JournalFollower:
                 msg = self.message_of(entry)
                 if isinstance(entry.get("__CURSOR"), str):
                     self.cursor = entry["__CURSOR"]
-                if msg is not None:
-                    sink([msg])
+                if msg is None:
+                    continue
+                if not self.written_by_pluto(entry):
+                    self.forged += 1
+                    if self.forged == 1 or self.forged % 100 == 0:
+                        log.warning("journal entry tagged %s but written by uid %s (%s), not "
+                                    "pluto: ignored (%d so far)", self.identifier,
+                                    entry.get("_UID"), entry.get("_COMM"), self.forged)
+                    continue
+                sink([msg], True)
             rc = await self.proc.wait()
             err = (await self.proc.stderr.read()).decode(errors="replace").strip() \
                 if self.proc.stderr else ""
