@@ -9,7 +9,8 @@ from pathlib import Path
 
 from common import ROOT, row
 
-from nhrpbridge.plutolog import LogInterpreter, parse_line
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.plutolog import parse_line
 
 
 def generate(path: Path, n: int) -> None:

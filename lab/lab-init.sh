@@ -103,11 +103,24 @@ main() {
     pk12util -i $LABOUT/pki/$n.p12 -d sql:/tmp/lab/$n/nss -W lab >/dev/null
     certutil -A -d sql:/tmp/lab/$n/nss -n ca -t CT,, -a -i $LABOUT/pki/ca.pem
     : > /tmp/lab/$n/ipsec.secrets; chmod 600 /tmp/lab/$n/ipsec.secrets
-    # rendered here, so that --check runs this flavour's own `ipsec addconn`
-    if PYTHONPATH=$SRC $PY -m nhrpbridge render -c $LABOUT/$n/nhrpbridge.yaml \
-         --ipsec $LABOUT/$n/conns.conf --frr $LABOUT/$n/frr.conf --check >$LABOUT/$n/render.log 2>&1
-    then echo "RENDER $n: $(tail -1 $LABOUT/$n/render.log)"
-    else echo "RENDER $n FAILED: $(tail -3 $LABOUT/$n/render.log)"; RESULTS="$RESULTS render=FAIL"; fi
+  done
+  # `nhrpbridge render --check` for every node, here so that the check runs this flavour's
+  # own `ipsec addconn`; one python process for all four (a python start costs seconds)
+  PYTHONPATH=$SRC $PY -c '
+import sys
+from nhrpbridge.cli import main
+out = sys.argv[1]
+for n in sys.argv[2:]:
+    d = f"{out}/{n}"
+    rc = main(["render", "-c", f"{d}/nhrpbridge.yaml", "--ipsec", f"{d}/conns.conf",
+               "--frr", f"{d}/frr.conf", "--check"])
+    status = "ok" if rc == 0 else "FAILED"
+    print(f"RENDER {n}: {status}", file=sys.stderr, flush=True)
+' $LABOUT $NODES 2>$LABOUT/render.log
+  grep -v '^RENDER' $LABOUT/render.log | sed 's/^/  /'
+  grep '^RENDER' $LABOUT/render.log
+  grep -q '^RENDER .*FAILED' $LABOUT/render.log && RESULTS="$RESULTS render=FAIL"
+  for n in $NODES; do
     { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
       cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
   done
@@ -125,6 +138,7 @@ main() {
   ip netns exec labhub iptables-legacy -A FORWARD -i gre1 -o gre1 -m hashlimit --hashlimit-upto 4/minute \
     --hashlimit-burst 1 --hashlimit-mode srcip,dstip --hashlimit-srcmask 24 --hashlimit-dstmask 24 \
     --hashlimit-name loglimit-0 -j NFLOG --nflog-group 1 --nflog-size 128 2>&1 | grep -v 'has never worked'
+  STARTING=""
   for n in $NODES; do
     d=/tmp/lab/$n/frr
     echo "hostname $n-zebra" > $d/zebra.conf
@@ -155,9 +169,12 @@ main() {
       ( while :; do /usr/lib/frr/nhrpd -f $d/nhrpd.conf -i $d/nhrpd.pid -z $d/zserv.api \
           --vty_socket $d -A 127.0.0.1 -P 0 --log file:$LABOUT/$n/nhrpd.log --log-level debug;
         [ -f /tmp/lab/$n/norespawn ] && break; sleep 0.3; done ) > $LABOUT/$n/nhrpd.out 2>&1 &
-    " </dev/null >$LABOUT/$n/wrap.out 2>&1
-    echo "T stack-started-$n $(up)"
+    " </dev/null >$LABOUT/$n/wrap.out 2>&1 &
+    STARTING="$STARTING $!"
   done
+  # the four stacks start side by side: each waits only for its own sockets
+  wait $STARTING
+  echo "T stacks-started $(up)"
   PINGS=0
   ping_ok() { # from to: one ping, counted for the wire check
     PINGS=$((PINGS+1)); ip netns exec lab$1 ping -c1 -W1 $2 >/dev/null 2>&1
@@ -265,14 +282,17 @@ main() {
   # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
   nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
            -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
+  echo "T whack-start $(up)"
   R7=PASS; W7=""
   PV=$(ipsec --version 2>&1 | sed -n 's/.*Libreswan U\{0,1\}\([0-9]*\.[0-9]*\).*/\1/p' | head -1)
   nblog hub | grep -q "nhrpbridge.pluto: libreswan $PV\$" || { R7=FAIL; W7="$W7 version $PV not detected;"; }
   # --showstates/--trafficstatus parsed: nhrpbridge's view after a resync matches whack's
-  nb hub resync >/dev/null
-  ike13() { nb hub status --json | $PY -c 'import json,sys
-for i in json.load(sys.stdin)["ike-sas"]:
-    if i["remote-host"] == "198.51.100.13": print(i["uniqueid"], i.get("serial"))'; }
+  # (one python start per step: each costs seconds in the guest)
+  ike13() { ip netns exec labhub env PYTHONPATH=$SRC $PY -c 'from nhrpbridge.client import ApiClient
+with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
+    c.request("resync")
+    for i in c.request("list")["ike-sas"]:
+        if i["remote-host"] == "198.51.100.13": print(i["uniqueid"], i.get("serial"))'; }
   WS=$(wk hub --showstates | grep -E '198\.51\.100\.13.*ESTABLISHED_IKE_SA|198\.51\.100\.13.*STATE_V2_ESTABLISHED_IKE_SA' | sed -n 's/^\(000 \)\{0,1\}#\([0-9]*\):.*/\2/p' | tail -1)
   NS=$(ike13 | head -1)
   [ -n "$WS" ] && [ "${NS#* }" = "$WS" ] || { R7=FAIL; W7="$W7 hub IKE to .13: whack #$WS, nhrpbridge '$NS';"; }
@@ -292,12 +312,12 @@ for i in json.load(sys.stdin)["ike-sas"]:
     || { R7=FAIL; W7="$W7 no hub SA to .13 after initiate;"; }
   FORM=$(nblog hub | grep -o "'--remote-host', '198.51.100.13'\|'--name', 'dmvpn-198-51-100-13', '--initiate'" | tail -1)
   # delete one IKE SA by serial (5.x --name #N --down, 4.x --deletestate N)
-  nb hub resync >/dev/null
   U=$(ike13 | tail -1); S=${U#* }; U=${U% *}
   T2=$(nb hub terminate dmvpn --ike-id "$U" --json)
   waitfor 10 sh -c "! ipsec whack --rundir /tmp/lab/hub/run --showstates | grep -q '#$S: '" \
     || { R7=FAIL; W7="$W7 IKE #$S still there after terminate --ike-id;"; }
   echo "  spoke3 terminate: $T1"; echo "  hub initiate: $I1"; echo "  hub terminate --ike-id $U: $T2"
+  echo "T whack-done $(up)"
   scenario whack $R7 "libreswan $PV detected; hub IKE to .13 whack #$WS = nhrpbridge $NS; spoke3 terminate -> no SA; hub initiate ($FORM) -> IKE_SA_INIT sent, SA up; IKE #$S deleted by serial;$W7"
 
   # ---- 3. loss -----------------------------------------------------------------------
@@ -321,7 +341,9 @@ for i in json.load(sys.stdin)["ike-sas"]:
   for n in $NODES; do
     d=/tmp/lab/$n/frr; kill $(cat $d/nhrpd.pid) $(cat $d/zebra.pid) $(cat $d/mgmtd.pid 2>/dev/null) $(cat /tmp/lab/$n/nb.pid) 2>/dev/null
   done
-  for n in $NODES; do wk $n --shutdown >/dev/null 2>&1; done
+  DOWN=""
+  for n in $NODES; do wk $n --shutdown >/dev/null 2>&1 & DOWN="$DOWN $!"; done
+  wait $DOWN
   sleep 1
   cp /tmp/lab/wire.pcap "$LABOUT/" 2>/dev/null
   for n in $NODES; do cp /tmp/lab/$n/ipsec.conf /tmp/lab/$n/nb/peers.conf /tmp/lab/$n/pluto.stdout \

@@ -321,7 +321,9 @@ class PlutoController:
 
     def _per_peer(self, conn: str) -> bool:
         mode = self.cfg.connections[conn].per_peer if conn in self.cfg.connections else "auto"
-        # auto: per-peer on every version until the lab verifies 5.x --remote-host
+        # auto: per-peer on every version. The lab's `whack` scenario runs --remote-host on
+        # libreswan 5.2: the SA comes up, but `whack --remote-host X --initiate
+        # --asynchronous` did not return within 10 s there; per-peer conns return at once
         return mode != "no"
 
     async def _ensure_per_peer(self, profile: str, remote: str, name: str) -> None:

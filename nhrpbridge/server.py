@@ -79,7 +79,7 @@ class Daemon:
         self.servers: list[Any] = []     # more sockets (VICI, nhrp events), started after the API
         from .authorize import Authorizer
         self.authorizer = Authorizer(self)   # registration authorization; serve adds store/policy
-        from .plutolog import LogInterpreter
+        from .loginterp import LogInterpreter
         self.log_interp = LogInterpreter()
         self.log_interp_untrusted = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other sources' persisted positions

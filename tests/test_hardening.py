@@ -676,3 +676,17 @@ def test_pending_bytes_of_all_clients_have_one_bound():
     for t, b in clients:
         b.cancel()
     assert pool.pending == 0
+
+
+def test_out_of_descriptors_is_retry_later_never_a_bad_record(tmp_path):
+    d = _daemon(tmp_path / "s")
+    name = write_record(d.spool.path, 1, up_env())
+    real = d.spool.read
+
+    def no_fds(n):
+        raise OSError(errno.EMFILE, "Too many open files")
+    d.spool.read = no_fds
+    assert d.ingest_once() == 0
+    assert (d.spool.path / name).exists() and not list((d.spool.path / "bad").iterdir())
+    d.spool.read = real
+    assert d.ingest_once() == 1 and len(d.db.links) == 1

@@ -2,7 +2,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nhrpbridge.plutolog import LogInterpreter, Notice, parse_line
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.plutolog import Notice, parse_line
 from nhrpbridge.sadb import (ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp,
                              SaDatabase)
 from nhrpbridge.replay import parse_updown_log_line

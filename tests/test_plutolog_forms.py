@@ -7,7 +7,8 @@ keys, an initiation timeout announced as a liveness failure, 5.x's revival line 
 import pytest
 
 from nhrpbridge.pluto import parse_showstates, parse_trafficstatus
-from nhrpbridge.plutolog import LogInterpreter, Notice, parse_line
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.plutolog import Notice, parse_line
 from nhrpbridge.sadb import ChildDown, ChildUp, IkeUp, SaDatabase
 from nhrpbridge.updown import parse_updown_env
 

@@ -8,7 +8,8 @@ record path: one clean event sequence, the right peer, SPIs and ports on every S
 import pytest
 
 from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
-from nhrpbridge.plutolog import LogInterpreter, Notice, parse_line
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.plutolog import Notice, parse_line
 from nhrpbridge.protocol.exportp import TRAILER, decode_record
 from nhrpbridge.sadb import ChildDown, ChildUp, IkeUp, SaDatabase
 from nhrpbridge.updown import parse_updown_env
