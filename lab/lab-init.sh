@@ -333,7 +333,7 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   kill -9 $(cat /tmp/lab/spoke2/run/pluto.pid)
   echo "T spoke2-pluto-killed $(up)"
   R3=PASS; W3=""
-  waitfor 40 sh -c "grep -q 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' $LABOUT/hub/nhrpbridge.log" \
+  waitfor 60 sh -c "grep -q 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' $LABOUT/hub/nhrpbridge.log" \
     || { R3=FAIL; W3="no link-down on the hub;"; }
   echo "T hub-link-down $(up)"
   LD=$(nblog hub | grep 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' | tail -1)

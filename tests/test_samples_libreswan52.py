@@ -1,8 +1,8 @@
 """Real libreswan 5.2 output from the debian13 lab (samples/lab/libreswan-5.2/).
 
 pluto.log, the updown environments (as the hook records them) and whack's
---showstates/--trafficstatus of a hub and a spoke, captured by `make lab
-FLAVOUR=debian13 --keep`. Replayed here through the log interpreter and the hook's
+--showstates/--trafficstatus of a hub and a spoke, captured by `lab/run-lab.sh
+--flavour debian13 --keep --record-updown`. Replayed here through the log interpreter and the hook's
 record path: one clean event sequence, the right peer, SPIs and ports on every SA.
 """
 import pytest
