@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from .errors import PlutoError
+from .plutolog import canonical_ip
 from .sadb import ChildUp, IkeUp, Reconcile
 from .updown import peer_suffix, profile_of
 
@@ -175,14 +176,6 @@ _SPI = re.compile(r"\b(?P<proto>esp|ah|comp|tun)[.:](?P<spi>[0-9a-fA-F]+)@(?P<ad
 _IKE_OF = re.compile(r"(?:IKE SA|isakmp|parent) ?#(?P<ike>\d+)")
 
 
-def _canonical(addr: str) -> str:
-    """IPv6 compressed as ipaddress prints it, so hook, log and whack name a peer alike."""
-    try:
-        return str(ipaddress.ip_address(addr))
-    except ValueError:
-        return addr
-
-
 def parse_showstates(text: str) -> list[PlutoState]:
     """`whack --showstates` (4.x `000 #1: ...`, 5.x without the code) -> states."""
     states: dict[int, PlutoState] = {}
@@ -195,7 +188,7 @@ def parse_showstates(text: str) -> list[PlutoState]:
         rest = m.group("rest")
         found = _SPI.findall(rest)
         if found:                          # the SPI line: `esp.SPI@addr esp.SPI@addr ...`
-            spis[serial] = [(int(spi, 16), _canonical(addr)) for proto, spi, addr in found
+            spis[serial] = [(int(spi, 16), canonical_ip(addr)) for proto, spi, addr in found
                             if proto in ("esp", "ah")]
             continue
         head = rest.split(";", 1)[0]
@@ -211,7 +204,7 @@ def parse_showstates(text: str) -> list[PlutoState]:
         states[serial] = PlutoState(
             serial=serial, conn=m.group("conn"),
             instance=int(m.group("inst")) if m.group("inst") else None,
-            peer=_canonical(peer) if peer else None, port=int(port) if port else None,
+            peer=canonical_ip(peer) if peer else None, port=int(port) if port else None,
             name=name, description=desc, is_child=is_child,
             established="established" in low, ike_serial=int(ike.group("ike")) if ike else None)
     out = []
@@ -245,7 +238,7 @@ def parse_trafficstatus(text: str) -> list[Traffic]:
         if m:
             out.append(Traffic(int(m.group("serial")), m.group("conn"),
                                int(m.group("inst")) if m.group("inst") else None,
-                               _canonical(peer) if (peer := m.group("peer") or m.group("peer6")
+                               canonical_ip(peer) if (peer := m.group("peer") or m.group("peer6")
                                                      or m.group("peerv6")) else None,
                                m.group("type"), int(m.group("add")),
                                m.group("id")))

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LogLine", "Notice", "parse_line"]
+__all__ = ["LogLine", "Notice", "parse_line", "canonical_ip"]
 
 _TIME_LOGFILE = re.compile(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d+: ")
 _TIME_SYSLOG = re.compile(r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ pluto\[\d+\]: ")
@@ -125,7 +125,7 @@ def parse_line(text: str) -> LogLine | None:
             data["via-syslog"] = True     # anyone can write such a line (logger -t pluto)
         peer = m.group("peer6") or m.group("peer")
         if peer and ":" in peer:
-            peer = _canonical(peer)
+            peer = canonical_ip(peer)
         return LogLine(kind, m.group("conn"), int(inst) if inst else None, peer,
                        int(serial) if serial else None, data)
     except (ValueError, IndexError):
@@ -174,7 +174,7 @@ def _classify(msg: str) -> tuple[str | None, dict[str, Any]]:
             m = _SENT_INIT.match(msg)
             if m:
                 addr = m.group("addr6") or m.group("addr")
-                return "ike-init", {"addr": _canonical(addr), "port": int(m.group("port")),
+                return "ike-init", {"addr": canonical_ip(addr), "port": int(m.group("port")),
                                     "transport": m.group("transport") or "UDP"}
         elif msg.startswith("switched to "):
             m = _SWITCHED.match(msg)
@@ -218,7 +218,7 @@ def _child_details(msg: str) -> dict[str, Any]:
         if s.group("encap"):
             data["encap"] = s.group("encap")[2:]
     if n := _NATD.search(msg):
-        data["natd"] = (_canonical(n.group("a6") or n.group("a4")), int(n.group("port")))
+        data["natd"] = (canonical_ip(n.group("a6") or n.group("a4")), int(n.group("port")))
     if md := _MODE.search(msg):
         data["mode"] = md.group("mode").upper()
         local, remote = _selector_hosts(md.group("sel"), md.group("sel2"))
@@ -248,8 +248,9 @@ def _selector_hosts(sel: str, sel2: str | None) -> tuple[str | None, str | None]
     return first(left), first(right)
 
 
-def _canonical(addr: str) -> str:
-    """An address as ipaddress prints it (IPv6 compressed); the text itself if not one."""
+def canonical_ip(addr: str) -> str:
+    """An address as ipaddress prints it (IPv6 compressed), so log, hook and whack name a
+    peer alike; the text itself if it is not an address."""
     try:
         return str(ipaddress.ip_address(addr))
     except ValueError:

@@ -603,6 +603,8 @@ def test_journal_follower_skips_forged_entries(tmp_path):
 from nhrpbridge import server as server_mod
 from nhrpbridge.backlog import Pool, SOFT, Backlog
 
+from test_backlog import StandInTransport
+
 
 FLOOD = """
 import socket, sys
@@ -649,27 +651,16 @@ def test_idle_connections_are_limited_per_uid():
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-class _Transport:
-    def __init__(self):
-        self.size = 0
-
-    def get_write_buffer_size(self):
-        return self.size
-
-    def is_closing(self):
-        return False
-
-
 def test_pending_bytes_of_all_clients_have_one_bound():
     pool = Pool(limit=3 * SOFT)
     dropped = []
     clients = []
     for i in range(5):
-        t = _Transport()
+        t = StandInTransport()
         clients.append((t, Backlog(t, lambda why, i=i: (dropped.append(i), clients[i][1].cancel()),
                                    pool)))
     for t, b in clients:                       # each alone stays under its own soft limit...
-        t.size = SOFT + 1
+        t.pending = SOFT + 1
         b.allowance = SOFT                     # (as after a subscribe dump)
         b.wrote(SOFT + 1)
     assert dropped == [2, 3, 4]                # ...but together they may not pass the pool
