@@ -15,7 +15,10 @@ venv: $(VPY)
 demo: $(VPY)
 	$(VPY) samples/demo.py
 
+# lint (ruff), types (mypy), then the tests
 test: $(VPY)
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
 	$(VPY) -m pytest
 
 bench: $(VPY)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from nhrpbridge.protocol.record import encode_record
+
 HOOK = ROOT / "hooks" / "nhrpbridge-updown"
 
 ROWS: list[tuple[str, str, str, str]] = []
@@ -49,7 +51,7 @@ class Daemon:
         self.vici = str(self.state / "charon.vici") if vici else None
         self.proc = None
 
-    def start(self, wait: float = 60.0) -> "Daemon":
+    def start(self, wait: float = 60.0) -> Daemon:
         args = [sys.executable, "-m", "nhrpbridge", "serve", "--state-dir", str(self.state),
                 "--no-pluto", "--log-level", "warning"]
         if self.vici:
@@ -79,14 +81,9 @@ class Daemon:
             self.proc.wait(30)
 
 
-def quote(value: str) -> str:
-    return "'" + value.replace("'", "'\"'\"'") + "'"
-
-
 def record_bytes(env: dict) -> bytes:
     """Exactly what the hook writes (dash `export -p` quoting plus the trailer)."""
-    return ("".join(f"export {k}={quote(v)}\n" for k, v in sorted(env.items()))
-            + "# nhrpbridge-end\n").encode()
+    return encode_record(dict(sorted(env.items())))
 
 
 def write_record(spool: Path, seq: int, env: dict) -> None:

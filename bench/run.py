@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hook  # noqa: E402
-from common import ROWS  # noqa: E402
+import hook
+from common import ROWS
 
 SECTIONS = [("hook", hook.run)]
 

@@ -92,7 +92,7 @@ main() {
     ip link set v-$n master br0 up
     ip -n lab$n link set lo up
     ip -n lab$n addr add 198.51.100.$o/24 dev eth0; ip -n lab$n link set eth0 up
-    # bound to eth0, or zebra sets gre1 admin-down (nhrpd-loop.md gotcha 5)
+    # bound to eth0, or zebra sets gre1 admin-down (seen with FRR 8.4)
     ip -n lab$n tunnel add gre1 mode gre key 42 ttl 64 dev eth0
     ip -n lab$n addr add 203.0.113.$o/32 dev gre1; ip -n lab$n link set gre1 up
     if [ $n = hub ]; then ip -n lab$n route add 203.0.113.0/24 dev gre1

@@ -15,33 +15,73 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .backlog import Backlog
-from .errors import PlutoError, RemoteProtocolError
+from .authorize import Authorizer
+from .backlog import Backlog, Pool
+from .bus import Bus, Control, Listen
+from .errors import ControlError, ErrorCode, RemoteProtocolError
 from .protocol import jsonl
-from .sadb import Event, child_dict, event_dict, ike_dict, link_dict
-from .unixsock import PeerCred, may_control
+from .sa import Event
+from .sadb import SaDatabase
+from .unixsock import PeerCred, may_control, peer_cred
+from .wire import child_dict, connection_of, dump, event_dict, ike_dict, link_dict
 
-if TYPE_CHECKING:
-    from .server import Daemon
-
-__all__ = ["ApiConnection", "CAPABILITIES"]
+__all__ = ["CAPABILITIES", "ApiConnection", "ApiServer"]
 
 log = logging.getLogger("nhrpbridge.api")
 CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize"]
 CONTROL_OPS = {"initiate", "terminate", "resync"}
 
 
+class ApiServer:
+    """The API socket: what every connection shares."""
+
+    def __init__(self, db: SaDatabase, bus: Bus, control: Control, authorizer: Authorizer,
+                 listen: Listen, path: Path, mode: int, group: str,
+                 allowed_gids: frozenset[int], pool: Pool | None = None):
+        self.db = db
+        self.bus = bus
+        self.control = control
+        self.authorizer = authorizer
+        self.listen = listen
+        self.path, self.mode, self.group = path, mode, group
+        self.allowed_gids = allowed_gids     # control ops: root, our uid, or these groups
+        self.pool = pool
+        self.connections: set[ApiConnection] = set()
+        self._last: tuple[Event | None, bytes] = (None, b"")
+
+    def encoded(self, ev: Event) -> bytes:
+        """One encoding per event, shared by every subscriber (the bus hands each event
+        to all sinks before the next one, so a one-entry cache is enough)."""
+        if self._last[0] is not ev:
+            self._last = (ev, jsonl.encode(event_dict(ev)))
+        return self._last[1]
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        await self.listen(str(self.path), self.mode, self.group, self.client)
+
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ApiConnection(self, writer, peer_cred(writer.get_extra_info("socket")))
+        self.connections.add(conn)
+        try:
+            await conn.serve(reader)
+        finally:
+            self.connections.discard(conn)
+
+
 class ApiConnection:
-    def __init__(self, daemon: "Daemon", writer: asyncio.StreamWriter, cred: PeerCred):
-        self.daemon = daemon
+    def __init__(self, server: ApiServer, writer: asyncio.StreamWriter, cred: PeerCred):
+        self.server = server
         self.writer = writer
         self.cred = cred
         self.decoder = jsonl.Decoder()
-        self.subscribed: str | None | bool = False   # False, or the connection filter
-        self.backlog = Backlog(writer.transport, self._drop)
+        self.subscribed: str | bool | None = False   # False, or the connection filter
+        self.backlog = Backlog(writer.transport, self._drop, server.pool)
         self.closed = False
         self.tasks: set[asyncio.Task] = set()
 
@@ -65,9 +105,9 @@ class ApiConnection:
         """Called by the daemon for every event, in seq order."""
         if self.subscribed is False:
             return
-        if self.subscribed is not None and _connection_of(ev) != self.subscribed:
+        if self.subscribed is not None and connection_of(ev) != self.subscribed:
             return
-        self.send_bytes(_encoded(ev))
+        self.send_bytes(self.server.encoded(ev))
 
     def push_notice(self, msg: dict[str, Any]) -> None:
         """Operator notices (liveness timeout, revival, updown failure); no seq."""
@@ -82,7 +122,7 @@ class ApiConnection:
             return
         self.closed = True
         self.backlog.cancel()
-        self.daemon.remove_sink(self)
+        self.server.bus.remove_sink(self)
         if abort:
             self.writer.transport.abort()
         else:
@@ -121,18 +161,18 @@ class ApiConnection:
         op = msg.get("op")
         handler = _OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            self.send(jsonl.error_reply(req_id, "unknown-op", f"unknown op {op!r}; "
+            self.send(jsonl.error_reply(req_id, ErrorCode.UNKNOWN_OP, f"unknown op {op!r}; "
                                         f"known: {', '.join(sorted(_OPS))}"))
             return
-        if op in CONTROL_OPS and not may_control(self.cred, self.daemon.allowed_gids):
+        if op in CONTROL_OPS and not may_control(self.cred, self.server.allowed_gids):
             log.warning("refused %s from pid=%d uid=%d", op, self.cred.pid, self.cred.uid)
-            self.send(jsonl.error_reply(req_id, "permission-denied",
+            self.send(jsonl.error_reply(req_id, ErrorCode.PERMISSION_DENIED,
                                         f"{op} needs root or a member of the control groups"))
             return
         try:
             handler(self, req_id, msg)
-        except _BadArgs as exc:
-            self.send(jsonl.error_reply(req_id, "bad-request", str(exc)))
+        except RemoteProtocolError as exc:      # bad arguments in a well-formed request
+            self.send(jsonl.error_reply(req_id, exc.code, str(exc)))
 
     def reply(self, req_id: Any, **body: Any) -> None:
         msg: dict[str, Any] = {"type": "reply", "ok": True, **body}
@@ -145,7 +185,7 @@ class ApiConnection:
     def op_hello(self, req_id: Any, msg: dict[str, Any]) -> None:
         version = msg.get("version", jsonl.PROTOCOL_VERSION)
         if version not in jsonl.SUPPORTED_VERSIONS:
-            err = jsonl.error_reply(req_id, "unsupported-version",
+            err = jsonl.error_reply(req_id, ErrorCode.UNSUPPORTED_VERSION,
                                     f"version {version!r} is not supported")
             err["supported"] = list(jsonl.SUPPORTED_VERSIONS)
             self.send(err)
@@ -158,11 +198,12 @@ class ApiConnection:
 
     def op_list(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn = _opt_str(msg, "connection")
-        self.reply(req_id, seq=self.daemon.db.seq, **self.daemon.db.dump(conn))
+        db = self.server.db
+        self.reply(req_id, seq=db.seq, **dump(db, conn))
 
     def op_subscribe(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn = _opt_str(msg, "connection")
-        db = self.daemon.db
+        db = self.server.db
         self.reply(req_id, seq=db.seq)
         parts = []
         keep = (lambda r: True) if conn is None else (lambda r: r.connection == conn)
@@ -180,48 +221,48 @@ class ApiConnection:
         self.backlog.allowance = len(dump)
         self.send_bytes(dump)
         self.subscribed = conn
-        self.daemon.add_sink(self)
+        self.server.bus.add_sink(self)
 
     def op_unsubscribe(self, req_id: Any, msg: dict[str, Any]) -> None:
         self.subscribed = False
-        self.daemon.remove_sink(self)
+        self.server.bus.remove_sink(self)
         self.reply(req_id)
 
     def op_resync(self, req_id: Any, msg: dict[str, Any]) -> None:
-        self._spawn(req_id, self.daemon.resync())
+        self._spawn(req_id, self.server.control.resync())
 
     def op_initiate(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn, remote = _req_str(msg, "connection"), _req_str(msg, "remote-host")
         local = _opt_str(msg, "local-host")
         timeout = msg.get("timeout")
         if timeout is not None and not isinstance(timeout, (int, float)):
-            raise _BadArgs("timeout must be a number of seconds")
-        self._spawn(req_id, self.daemon.initiate(conn, remote, local, timeout))
+            raise RemoteProtocolError("timeout must be a number of seconds")
+        self._spawn(req_id, self.server.control.initiate(conn, remote, local, timeout))
 
     def op_terminate(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn = _req_str(msg, "connection")
         remote = _opt_str(msg, "remote-host")
         ike_id = msg.get("ike-id")
         if ike_id is not None and (not isinstance(ike_id, int) or isinstance(ike_id, bool)):
-            raise _BadArgs("ike-id must be an integer")
-        self._spawn(req_id, self.daemon.terminate(conn, remote, ike_id))
+            raise RemoteProtocolError("ike-id must be an integer")
+        self._spawn(req_id, self.server.control.terminate(conn, remote, ike_id))
 
     def op_authorize(self, req_id: Any, msg: dict[str, Any]) -> None:
         """Dry run of the registration policy: what would nhrpd be told?"""
-        auth = self.daemon.authorizer
+        auth = self.server.authorizer
         result = auth.authorize(_req_str(msg, "connection"), _req_str(msg, "remote-nbma"),
                                 _req_str(msg, "gre-address"), _opt_str(msg, "local-nbma"))
         self.reply(req_id, **result)
 
-    def _spawn(self, req_id: Any, coro: Any) -> None:
+    def _spawn(self, req_id: Any, coro: Coroutine[Any, Any, dict[str, Any]]) -> None:
         async def run() -> None:
             try:
                 result = await coro
-            except PlutoError as exc:
+            except ControlError as exc:
                 self.send(jsonl.error_reply(req_id, exc.code, str(exc)))
             except Exception as exc:  # a bug must not kill the connection silently
                 log.exception("request %r failed", req_id)
-                self.send(jsonl.error_reply(req_id, "internal-error", str(exc)))
+                self.send(jsonl.error_reply(req_id, ErrorCode.INTERNAL_ERROR, str(exc)))
             else:
                 self.reply(req_id, **(result or {}))
         task = asyncio.get_running_loop().create_task(run())
@@ -229,14 +270,10 @@ class ApiConnection:
         task.add_done_callback(self.tasks.discard)
 
 
-class _BadArgs(Exception):
-    pass
-
-
 def _req_str(msg: dict[str, Any], key: str) -> str:
     value = msg.get(key)
     if not isinstance(value, str) or not value:
-        raise _BadArgs(f"{key!r} is required and must be a non-empty string")
+        raise RemoteProtocolError(f"{key!r} is required and must be a non-empty string")
     return value
 
 
@@ -245,24 +282,9 @@ def _opt_str(msg: dict[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _BadArgs(f"{key!r} must be a string")
+        raise RemoteProtocolError(f"{key!r} must be a string")
     return value
 
-
-_last: list[Any] = [None, b""]
-
-
-def _encoded(ev: Event) -> bytes:
-    """One encoding per event, shared by every subscriber (the daemon hands each
-    event to all sinks before the next one, so a one-entry cache is enough)."""
-    if _last[0] is not ev:
-        _last[0], _last[1] = ev, jsonl.encode(event_dict(ev))
-    return _last[1]
-
-
-def _connection_of(ev: Event) -> str | None:
-    rec = ev.link or ev.child_sa or ev.ike_sa
-    return rec.connection if rec is not None else None
 
 
 _OPS = {name[3:]: fn for name, fn in vars(ApiConnection).items() if name.startswith("op_")}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["Backlog", "Pool", "SOFT", "HARD", "STALL", "POOL"]
+__all__ = ["HARD", "POOL", "SOFT", "STALL", "Backlog", "Pool"]
 
 SOFT = 8 * 1024 * 1024
 HARD = 64 * 1024 * 1024
@@ -28,8 +28,9 @@ POOL = 256 * 1024 * 1024
 class Pool:
     """Bytes pending across every client of one daemon."""
 
-    def __init__(self, limit: int = POOL):
+    def __init__(self, limit: int = POOL, stall: float = STALL):
         self.limit = limit
+        self.stall = stall           # seconds without progress past SOFT before a drop
         self.pending = 0
 
 
@@ -65,10 +66,10 @@ class Backlog:
             return
         if pending > HARD + self.allowance:
             self.drop(f"{pending} bytes pending (hard limit {HARD})")
-        elif now - self._progress > STALL:
+        elif now - self._progress > self.pool.stall:
             self.drop(f"{pending} bytes pending and nothing read for {now - self._progress:.0f} s")
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(STALL, self._recheck)
+            self._timer = asyncio.get_running_loop().call_later(self.pool.stall, self._recheck)
 
     def _recheck(self) -> None:
         self._timer = None

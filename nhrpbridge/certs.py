@@ -10,7 +10,7 @@ Strategy:
   indexes certificates by subject and by SAN (DNS, IP, email); files that are not
   certificates, cannot be parsed or have expired are reported with the file name
   and the reason, and skipped: a bad file never stops the daemon.
-- pluto never exposes the peer's certificate (reference/libreswan.md §3), so the
+- pluto never exposes the peer's certificate (not in updown, whack or the log), so the
   store is the only source of peer certificate data; our own certificate comes
   from pluto's NSS database with `certutil -L -d sql:DIR -n NICK -r` (argv).
 """
@@ -112,7 +112,7 @@ class CertInfo:
     is_ca: bool
 
     def expired(self, now: dt.datetime | None = None) -> bool:
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         return not self.not_before <= now <= self.not_after
 
     def ids(self) -> set[str]:
@@ -170,7 +170,7 @@ class CertStore:
     problems: list[StoreProblem] = field(default_factory=list)
     loaded_at: float = 0.0
 
-    def load(self) -> "CertStore":
+    def load(self) -> CertStore:
         self.by_subject, self.by_id, self.problems = {}, {}, []
         root = Path(self.path)
         if not root.is_dir():
@@ -182,7 +182,7 @@ class CertStore:
             try:
                 ders = _load_file(f)
                 infos = [cert_info(d, str(f)) for d in ders]
-            except Exception as exc:   # cryptography raises more than ValueError (DuplicateExtension...)
+            except Exception as exc:  # noqa: BLE001 - cryptography raises more than ValueError
                 self.problems.append(StoreProblem(str(f), f"not a certificate ({exc})"))
                 continue
             for info in infos:

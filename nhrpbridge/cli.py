@@ -13,7 +13,9 @@ from typing import Any
 
 from . import __version__
 from .config import DEFAULT_CONFIG, Config, load_config
-from .errors import ConfigError, ConfigProblem, NhrpBridgeError
+from .configfields import LOG_LEVELS
+from .display import format_event, format_status
+from .errors import ConfigError, DaemonUnreachable, NhrpBridgeError
 
 __all__ = ["main"]
 
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep every runtime path under DIR: spool DIR/spool/, state "
                         "DIR/state.json, API socket DIR/api.sock; no config file needed, "
                         "runs unprivileged")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--pluto-log", metavar="FILE|journald",
                    help="follow pluto's log: a file (ipsec.conf logfile=) or 'journald'")
     p.add_argument("--ipsec", metavar="CMD", help="the ipsec executable to run (default ipsec)")
@@ -181,77 +183,26 @@ def _config_for(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
+
+    from .assemble import Options, build_daemon
+    from .systemd import setup_logging
     if not args.config and not args.state_dir and not os.path.exists(DEFAULT_CONFIG):
         print(f"nhrpbridge serve: no {DEFAULT_CONFIG}; give -c FILE or --state-dir DIR",
               file=sys.stderr)
         return EXIT_USAGE
     cfg = _config_for(args)
-    overrides: dict[str, Any] = {}
-    for arg, attr in (("log_level", "log_level"), ("pluto_log", "pluto_log"), ("ipsec", "ipsec"),
-                      ("ipsec_conf", "ipsec_conf"), ("pluto_rundir", "pluto_rundir"),
-                      ("vici_socket", "vici_socket"), ("nhrp_event_socket", "event_socket"),
-                      ("cert_store", "cert_store")):
-        if getattr(args, arg, None):
-            overrides[attr] = getattr(args, arg)
-    cfg = replace(cfg, **overrides)
+    names = {"nhrp_event_socket": "event_socket"}     # option -> config field, where they differ
+    cfg = replace(cfg, **{names.get(arg, arg): getattr(args, arg) for arg in (
+        "log_level", "pluto_log", "ipsec", "ipsec_conf", "pluto_rundir", "vici_socket",
+        "nhrp_event_socket", "cert_store") if getattr(args, arg, None)})
     setup_logging(cfg.log_level)
-    from .server import Daemon
-    daemon = Daemon(cfg)
-    _attach_optional_parts(daemon, cfg, args)
+    daemon = build_daemon(cfg, Options(policy=args.policy, pluto=not args.no_pluto))
     try:
         asyncio.run(daemon.run())
     except (OSError, NhrpBridgeError) as exc:
         logging.getLogger("nhrpbridge").error("cannot start: %s", exc)
         return EXIT_FAIL
     return EXIT_OK
-
-
-def _attach_optional_parts(daemon: Any, cfg: Config, args: argparse.Namespace) -> None:
-    """Wire the optional sources and servers the config asks for."""
-    from .authorize import Authorizer, NhrpEventServer
-    from .certs import CertStore
-    store = CertStore(cfg.cert_store).load() if cfg.cert_store else None
-    if getattr(args, "policy", None):
-        from .policy import POLICIES
-        if args.policy not in POLICIES:
-            raise ConfigError([ConfigProblem("--policy", 0, "policy",
-                                             f"{args.policy!r} is not one of {', '.join(POLICIES)}")])
-    daemon.authorizer = Authorizer(daemon, store, getattr(args, "policy", None), cfg.nss_dir,
-                                   cfg.node.cert if cfg.node and cfg.node.auth == "cert" else "")
-    if cfg.event_socket:
-        daemon.servers.append(NhrpEventServer(daemon, daemon.authorizer, cfg.event_socket))
-    if not getattr(args, "no_pluto", False):
-        from .control import PlutoController
-        from .pluto import Whack
-        daemon.controller = PlutoController(daemon, Whack(
-            ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
-    if cfg.vici_socket:
-        from .viciserver import ViciServer
-        daemon.servers.append(ViciServer(daemon, daemon.authorizer.cert_data))
-    if cfg.pluto_log:
-        from .sources.logfollow import make_follower
-        daemon.log_follower = make_follower(cfg.pluto_log)
-
-
-def setup_logging(level: str) -> None:
-    """stderr; under systemd (JOURNAL_STREAM) with <N> priority prefixes instead of times."""
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("watchdog").setLevel(logging.WARNING)   # its debug is per inotify event
-
-
-class _JournalFormatter(logging.Formatter):
-    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-            logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIO.get(record.levelno, 6)}>{super().format(record)}"
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -271,7 +222,6 @@ def _unreachable(exc: Exception) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import DaemonUnreachable
     try:
         with _client(args) as c:
             req = {"connection": args.connection} if args.connection else {}
@@ -289,40 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_status(reply: dict[str, Any]) -> str:
-    """Human tables, in the spirit of `show dmvpn`."""
-    lines = [f"Links ({len(reply['links'])}):"]
-    rows = [("CONNECTION", "LOCAL", "REMOTE", "REMOTE-ID", "CHILDREN", "STATE")]
-    for l in sorted(reply["links"], key=lambda l: (l["connection"], l["remote-host"])):
-        rows.append((l["connection"], l["local-host"], l["remote-host"], l["remote-id"],
-                     str(l["children"]), "up" if l["up"] else "down"))
-    lines += _table(rows)
-    lines.append(f"IKE SAs ({len(reply['ike-sas'])}):")
-    rows = [("ID", "CONNECTION", "SERIAL", "LOCAL", "REMOTE", "REMOTE-ID", "AUTH", "STATE")]
-    for i in reply["ike-sas"]:
-        serial = f"#{i['serial']}" if i.get("serial") else "-"
-        inst = f"[{i['instance']}]" if i.get("instance") else ""
-        rows.append((str(i["uniqueid"]), i["conn-name"] + inst, serial, i["local-host"],
-                     i["remote-host"], i["remote-id"], i.get("auth") or "-", i["state"]))
-    lines += _table(rows)
-    lines.append(f"Child SAs ({len(reply['child-sas'])}):")
-    rows = [("ID", "IKE", "CONNECTION", "LOCAL", "REMOTE", "SPI-IN", "SPI-OUT", "MODE", "STATE")]
-    for c in reply["child-sas"]:
-        rows.append((str(c["uniqueid"]), str(c["ike-uniqueid"]), c["conn-name"], c["local-host"],
-                     c["remote-host"], c["spi-in"], c["spi-out"], c["mode"], c["state"]))
-    lines += _table(rows)
-    return "\n".join(lines)
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    if len(rows) == 1:
-        return ["  (none)"]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-
-
 def cmd_events(args: argparse.Namespace) -> int:
-    from .client import DaemonUnreachable
     try:
         c = _client(args, timeout=None)
     except DaemonUnreachable as exc:
@@ -347,21 +264,6 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_event(msg: dict[str, Any]) -> str:
-    kind = msg.get("type", "?")
-    rec = msg.get("link") or msg.get("child-sa") or msg.get("ike-sa") or {}
-    seq = f"{msg['seq']:>6} " if "seq" in msg else "     - "
-    if kind == "synced":
-        return f"{seq}synced (state above, changes below)"
-    what = f"{rec.get('connection', '')} {rec.get('local-host', '')} -> {rec.get('remote-host', '')}"
-    if "child-sa" in msg:
-        c = msg["child-sa"]
-        what += f" spi {c['spi-in']}/{c['spi-out']}"
-    if "link" in msg:
-        what += f" children={msg['link']['children']}"
-    return f"{seq}{kind:<12} {what}"
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for path in [args.config, *args.files]:
@@ -380,7 +282,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, op: str, **req: Any) -> int:
-    from .client import DaemonUnreachable
     try:
         with _client(args, timeout=None) as c:
             reply = c.request(op, **{k: v for k, v in req.items() if v is not None})
@@ -408,7 +309,6 @@ def cmd_terminate(args: argparse.Namespace) -> int:
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:
-    from .client import DaemonUnreachable
     try:
         with _client(args) as c:
             req = {"connection": args.connection, "remote-nbma": args.remote_nbma,
@@ -446,7 +346,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             outputs.append((args.frr, render_frr(cfg, args.templates), 0o644))
         if args.secrets:
             outputs.append((args.secrets, render_secrets(cfg, args.templates), 0o600))
-        if args.check:
+        if args.check and cfg.node is not None:
             problems = check_ipsec(ipsec_text, cfg.node.profile, args.ipsec_cmd or cfg.ipsec,
                                    args.templates)
             if problems:

@@ -3,37 +3,42 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+from .errors import DaemonUnreachable
 from .protocol import jsonl
 
-__all__ = ["ApiClient", "DaemonUnreachable"]
+__all__ = ["ApiClient"]
 
 # replies can be large (a full `list`), so the client accepts long lines
 CLIENT_MAX_LINE = 512 * 1024 * 1024
 
 
-class DaemonUnreachable(OSError):
-    """No daemon answers on the socket."""
-
-
 class ApiClient:
-    def __init__(self, path: str, timeout: float | None = 10.0):
+    """Connects to `path`, or uses `sock` (already connected) when given."""
+
+    def __init__(self, path: str = "", timeout: float | None = 10.0,
+                 sock: socket.socket | None = None):
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self.sock.close()
-            raise DaemonUnreachable(f"no nhrpbridge daemon on {path}: {exc.strerror}") from None
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                raise DaemonUnreachable(f"no nhrpbridge daemon on {path}: {exc.strerror}") from None
+        else:
+            sock.settimeout(timeout)
+        self.sock = sock
         self.decoder = jsonl.Decoder(max_line=CLIENT_MAX_LINE)
         self._ids = itertools.count(1)
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "ApiClient":
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

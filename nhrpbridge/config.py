@@ -13,22 +13,21 @@ Strategy:
 """
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from . import configfields as F
+from .configfields import LOG_LEVELS, MAX_PROBLEMS
 from .errors import ConfigError, ConfigProblem
+from .policy import POLICIES
 
-__all__ = ["Config", "ConnConfig", "load_config", "DEFAULT_CONFIG", "MAX_PROBLEMS"]
+__all__ = ["DEFAULT_CONFIG", "MAX_PROBLEMS", "Config", "ConnConfig", "NodeConfig", "load_config"]
 
 DEFAULT_CONFIG = "/etc/nhrpbridge/nhrpbridge.yaml"
-MAX_PROBLEMS = 50
-LOG_LEVELS = ("debug", "info", "warning", "error")
-POLICIES = ("gre-ip-in-cert-san", "gre-prefix-by-peer-id", "any-authenticated", "deny")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -104,132 +103,36 @@ class Config:
         return self.state_dir / "state.json"
 
     @classmethod
-    def for_state_dir(cls, state_dir: str | Path, base: "Config | None" = None) -> "Config":
+    def for_state_dir(cls, state_dir: str | Path, base: Config | None = None) -> Config:
         """Every runtime path under DIR (the `serve --state-dir` contract)."""
         d = Path(state_dir).resolve()
         return replace(base or cls(), state_dir=d, spool_dir=d / "spool",
                        api_socket=d / "api.sock")
 
 
-# ---- field checkers: (node, text) -> value or raise ValueError(message) ----------
-
-def _text(node: yaml.Node) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise ValueError("expected a single value")
-    return node.value
-
-
-def _str(node: yaml.Node) -> str:
-    value = _text(node)
-    if "\n" in value or "\0" in value:
-        raise ValueError("must not contain a newline")
-    return value
-
-
-def _path(node: yaml.Node) -> str:
-    value = _str(node)
-    if value and not value.startswith("/"):
-        raise ValueError(f"{value!r} must be an absolute path")
-    return value
-
-
-def _socket_path(node: yaml.Node) -> str:
-    value = _path(node)
-    if len(value.encode()) > 107:
-        raise ValueError("unix socket paths must be shorter than 108 bytes")
-    return value
-
-
-def _number(node: yaml.Node) -> float:
-    try:
-        value = float(_text(node))
-    except ValueError:
-        raise ValueError(f"{_text(node)!r} is not a number") from None
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _mode(node: yaml.Node) -> int:
-    text = _text(node)
-    if not re.fullmatch(r"0?[0-7]{3}", text):
-        raise ValueError(f"{text!r} is not an octal file mode like \"0660\"")
-    mode = int(text, 8)
-    if mode & 0o007:
-        raise ValueError("sockets must not be accessible to others (last digit 0)")
-    return mode
-
-
-def _choice(*choices: str) -> Callable[[yaml.Node], str]:
-    def check(node: yaml.Node) -> str:
-        value = _text(node)
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return check
-
-
-def _str_list(node: yaml.Node) -> tuple[str, ...]:
-    if isinstance(node, yaml.ScalarNode):
-        return (_str(node),)
-    if not isinstance(node, yaml.SequenceNode):
-        raise ValueError("expected a list")
-    return tuple(_str(n) for n in node.value)
-
-
 # section -> key -> (config attribute, checker)
 SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
-    "": {"state-dir": ("state_dir", _path), "spool-dir": ("spool_dir", _path),
-         "log-level": ("log_level", _choice(*LOG_LEVELS))},
-    "api": {"socket": ("api_socket", _socket_path), "mode": ("api_mode", _mode),
-            "group": ("api_group", _str), "control-groups": ("control_groups", _str_list)},
-    "pluto": {"ipsec": ("ipsec", _str), "rundir": ("pluto_rundir", _path),
-              "ctlsocket": ("pluto_ctlsocket", _path), "ipsec-conf": ("ipsec_conf", _path),
-              "log": ("pluto_log", _str), "log-position-file": ("log_position_file", _path),
-              "reconcile-interval": ("reconcile_interval", _number),
-              "whack-timeout": ("whack_timeout", _number),
-              "initiate-timeout": ("initiate_timeout", _number),
-              "initiate-retry": ("initiate_retry", _number),
-              "per-peer-idle": ("per_peer_idle", _number),
-              "version": ("libreswan_version", _choice("auto", "4", "5")),
-              "nss-dir": ("nss_dir", _path)},
-    "vici": {"socket": ("vici_socket", _socket_path), "mode": ("vici_mode", _mode),
-             "group": ("vici_group", _str)},
-    "nhrp-events": {"socket": ("event_socket", _socket_path), "cert-store": ("cert_store", _path)},
+    "": {"state-dir": ("state_dir", F.path), "spool-dir": ("spool_dir", F.path),
+         "log-level": ("log_level", F.choice(*LOG_LEVELS))},
+    "api": {"socket": ("api_socket", F.socket_path), "mode": ("api_mode", F.mode),
+            "group": ("api_group", F.str_), "control-groups": ("control_groups", F.str_list)},
+    "pluto": {"ipsec": ("ipsec", F.str_), "rundir": ("pluto_rundir", F.path),
+              "ctlsocket": ("pluto_ctlsocket", F.path), "ipsec-conf": ("ipsec_conf", F.path),
+              "log": ("pluto_log", F.str_), "log-position-file": ("log_position_file", F.path),
+              "reconcile-interval": ("reconcile_interval", F.number),
+              "whack-timeout": ("whack_timeout", F.number),
+              "initiate-timeout": ("initiate_timeout", F.number),
+              "initiate-retry": ("initiate_retry", F.number),
+              "per-peer-idle": ("per_peer_idle", F.number),
+              "version": ("libreswan_version", F.choice("auto", "4", "5")),
+              "nss-dir": ("nss_dir", F.path)},
+    "vici": {"socket": ("vici_socket", F.socket_path), "mode": ("vici_mode", F.mode),
+             "group": ("vici_group", F.str_)},
+    "nhrp-events": {"socket": ("event_socket", F.socket_path), "cert-store": ("cert_store", F.path)},
 }
-CONN_SPEC = {"per-peer": _choice("auto", "yes", "no"), "policy": _choice(*POLICIES),
-             "allowed-prefixes": None}
-
-
-class _Collector:
-    def __init__(self, source: str):
-        self.source = source
-        self.problems: list[ConfigProblem] = []
-
-    def add(self, node: yaml.Node | None, fld: str, msg: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(ConfigProblem(self.source, line, fld or "(top)", msg))
-
-    def mapping(self, node: yaml.Node, fld: str) -> list[tuple[yaml.Node, yaml.Node]]:
-        """Key/value node pairs of a mapping; reports duplicates and non-mappings."""
-        if not isinstance(node, yaml.MappingNode):
-            self.add(node, fld, "expected a mapping (key: value lines)")
-            return []
-        seen: set[str] = set()
-        pairs = []
-        for k, v in node.value:
-            name = k.value if isinstance(k, yaml.ScalarNode) else "?"
-            if name in seen:
-                self.add(k, _join(fld, name), "duplicate key")
-                continue
-            seen.add(name)
-            pairs.append((k, v))
-        return pairs
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}.{b}" if a else b
+CONN_SPEC: dict[str, Callable[[yaml.Node], Any]] = {
+    "per-peer": F.choice("auto", "yes", "no"), "policy": F.choice(*POLICIES),
+    "allowed-prefixes": F.scalar}    # allowed-prefixes: walked by _prefixes instead
 
 
 def load_config(path: str | Path, text: str | None = None) -> Config:
@@ -239,7 +142,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
         ConfigError: with every problem found (file, line, field, message).
     """
     source = str(path)
-    col = _Collector(source)
+    col = F.Collector(source)
     try:
         if text is None:
             text = Path(path).read_text(encoding="utf-8")
@@ -271,7 +174,7 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
     return replace(cfg, **values)
 
 
-def _walk_root(col: _Collector, root: yaml.Node, values: dict[str, Any],
+def _walk_root(col: F.Collector, root: yaml.Node, values: dict[str, Any],
                conns: dict[str, ConnConfig]) -> None:
     for k, v in col.mapping(root, ""):
         key = k.value
@@ -286,9 +189,9 @@ def _walk_root(col: _Collector, root: yaml.Node, values: dict[str, Any],
             _set(col, SPEC[""], k, v, "", values)
 
 
-def _set(col: _Collector, spec: dict, k: yaml.Node, v: yaml.Node, section: str,
+def _set(col: F.Collector, spec: dict, k: yaml.Node, v: yaml.Node, section: str,
          values: dict[str, Any]) -> None:
-    name = _join(section, k.value)
+    name = F.join(section, k.value)
     if k.value not in spec:
         known = ", ".join(sorted(spec)) if section else ", ".join(
             sorted([*spec, "connections", "node", *[s for s in SPEC if s]]))
@@ -301,11 +204,11 @@ def _set(col: _Collector, spec: dict, k: yaml.Node, v: yaml.Node, section: str,
         col.add(v, name, str(exc))
 
 
-def _walk_connections(col: _Collector, node: yaml.Node, conns: dict[str, ConnConfig]) -> None:
+def _walk_connections(col: F.Collector, node: yaml.Node, conns: dict[str, ConnConfig]) -> None:
     for k, v in col.mapping(node, "connections"):
         name = k.value
         fld = f"connections.{name}"
-        if not _NAME_RE.fullmatch(name):
+        if not F.CONN_NAME.fullmatch(name):
             col.add(k, fld, "connection names are letters, digits, '.', '_', '-' (max 64)")
             continue
         kw: dict[str, Any] = {}
@@ -324,12 +227,12 @@ def _walk_connections(col: _Collector, node: yaml.Node, conns: dict[str, ConnCon
         conns[name] = ConnConfig(name=name, **kw)
 
 
-def _prefixes(col: _Collector, node: yaml.Node, fld: str) -> dict[str, tuple[str, ...]]:
+def _prefixes(col: F.Collector, node: yaml.Node, fld: str) -> dict[str, tuple[str, ...]]:
     import ipaddress
     out: dict[str, tuple[str, ...]] = {}
     for k, v in col.mapping(node, fld):
         try:
-            items = _str_list(v)
+            items = F.str_list(v)
             for p in items:
                 ipaddress.ip_network(p, strict=False)
             out[k.value] = items
@@ -340,68 +243,25 @@ def _prefixes(col: _Collector, node: yaml.Node, fld: str) -> dict[str, tuple[str
 
 # ---- node: what render needs -------------------------------------------------------
 
-def _ip(node: yaml.Node) -> str:
-    import ipaddress
-    text = _str(node)
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
-
-
-def _ip_list(node: yaml.Node) -> tuple[str, ...]:
-    import ipaddress
-    out = []
-    for text in _str_list(node):
-        try:
-            out.append(str(ipaddress.ip_address(text)))
-        except ValueError:
-            raise ValueError(f"{text!r} is not an IP address") from None
-    return tuple(out)
-
-
-def _int_field(lo: int, hi: int) -> Callable[[yaml.Node], int]:
-    def check(node: yaml.Node) -> int:
-        text = _text(node)
-        if not re.fullmatch(r"\d+", text) or not lo <= int(text) <= hi:
-            raise ValueError(f"{text!r} is not a whole number from {lo} to {hi}")
-        return int(text)
-    return check
-
-
-def _ifname(node: yaml.Node) -> str:
-    text = _str(node)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", text):
-        raise ValueError(f"{text!r} is not an interface name")
-    return text
-
-
-def _conn_name(node: yaml.Node) -> str:
-    text = _str(node)
-    if not _NAME_RE.fullmatch(text):
-        raise ValueError(f"{text!r}: letters, digits, '.', '_', '-' (max 64), no leading '-'")
-    return text
-
-
 NODE_SPEC: dict[str, tuple[str, Callable[[yaml.Node], Any]]] = {
-    "role": ("role", _choice("hub", "spoke")), "nbma": ("nbma", _ip),
-    "underlay": ("underlay", _ifname), "profile": ("profile", _conn_name),
-    "nhs": ("nhs", _ip_list), "hook": ("hook", _path),
-    "ike": ("ike", _str), "esp": ("esp", _str),
+    "role": ("role", F.choice("hub", "spoke")), "nbma": ("nbma", F.ip),
+    "underlay": ("underlay", F.ifname), "profile": ("profile", F.conn_name),
+    "nhs": ("nhs", F.ip_list), "hook": ("hook", F.path),
+    "ike": ("ike", F.str_), "esp": ("esp", F.str_),
 }
 NODE_SUB: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
-    "gre": {"interface": ("gre_interface", _ifname), "address": ("gre_address", _ip),
-            "key": ("gre_key", _int_field(0, 2**32 - 1)),
-            "network-id": ("network_id", _int_field(1, 2**32 - 1)),
-            "holdtime": ("holdtime", _int_field(0, 65535))},
-    "auth": {"method": ("auth", _choice("cert", "psk")), "cert": ("cert", _str),
-             "ca": ("ca", _str), "peer-id": ("peer_id", _str), "psk": ("psk", _str)},
-    "liveness": {"dpddelay": ("dpddelay", _int_field(0, 86400)),
-                 "retransmit-timeout": ("retransmit_timeout", _int_field(1, 86400))},
+    "gre": {"interface": ("gre_interface", F.ifname), "address": ("gre_address", F.ip),
+            "key": ("gre_key", F.int_field(0, 2**32 - 1)),
+            "network-id": ("network_id", F.int_field(1, 2**32 - 1)),
+            "holdtime": ("holdtime", F.int_field(0, 65535))},
+    "auth": {"method": ("auth", F.choice("cert", "psk")), "cert": ("cert", F.str_),
+             "ca": ("ca", F.str_), "peer-id": ("peer_id", F.str_), "psk": ("psk", F.str_)},
+    "liveness": {"dpddelay": ("dpddelay", F.int_field(0, 86400)),
+                 "retransmit-timeout": ("retransmit_timeout", F.int_field(1, 86400))},
 }
 
 
-def _walk_node(col: _Collector, node: yaml.Node, key: yaml.Node) -> NodeConfig | None:
+def _walk_node(col: F.Collector, node: yaml.Node, key: yaml.Node) -> NodeConfig | None:
     values: dict[str, Any] = {"line": key.start_mark.line + 1}
     present: set[str] = set()
     before = len(col.problems)

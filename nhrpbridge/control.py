@@ -1,52 +1,58 @@
 """Initiate, terminate and reconcile: pluto is the truth, one request per peer at a time.
 
-Strategy (reference/nhrpd-loop.md gotchas 2, 3, 4, 10):
-- Requests for the same (profile, local, remote) join one in-flight attempt: one
-  whack call however many callers (both spokes of a shortcut ask within
-  100-300 ms; nhrpd may repeat itself).
+Strategy (what nhrpd over libreswan needs):
+- Requests for one (profile, local, remote) join one in-flight attempt: one whack
+  call however many callers (both spokes of a shortcut ask within 100-300 ms).
 - Just before whack runs, `--showstates` is consulted: if pluto already holds a
-  half-open state or a Child SA with that peer on *any* conn (e.g. the peer is
-  initiating to our template), we wait for it instead of starting a second
-  negotiation, which 4.10 answers with `cannot install eroute -- it is in use`
-  and a one-sided delete.
+  half-open state or a Child SA with that peer on *any* conn, we wait for it
+  (a second negotiation gets `cannot install eroute -- it is in use` on 4.10).
 - A link that comes up by any route (peer-initiated too) satisfies the waiters.
-- libreswan 4.x `--remote-host` picks the newest instance of the template, so we
-  manage per-peer conns `T-<peer>` = `also=T-base` + `right=<peer>` in
-  STATE_DIR/peers.conf (which includes the operator's ipsec.conf) and delete
-  them after `per-peer-idle` seconds down. (4.10 refuses `also=T` + `right=`
-  when T sets right=%any: "duplicate key 'right'", hence the -base conn.)
-- Reconciliation replaces the hook's partial view with pluto's own at start,
-  every `reconcile-interval` s, after each initiate/terminate and on `resync`.
-  "Pluto is not running" means no SAs: every link goes down. Any other whack
-  failure changes nothing (never serve an empty view while pluto holds SAs).
+- Peers are initiated through per-peer conns (perpeer.py) unless a profile says
+  `per-peer: "no"` (then the template with `--remote-host`).
+- Reconciliation replaces the hook's partial view with pluto's own at start, every
+  `reconcile-interval` s, after each initiate/terminate and on `resync`. "Pluto is
+  not running" means no SAs; any other whack failure changes nothing.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import PlutoError
-from .pluto import (Result, Runner, Whack, check_conn_name, check_ip, error_for,
-                    parse_showstates, parse_trafficstatus, parse_version, per_peer_name, reply_code,
-                    pluto_view, subprocess_runner)
-from .sadb import Event, Reconcile, link_dict
+from .config import Config
+from .errors import ControlError, ErrorCode, PlutoError
+from .perpeer import PerPeerConns
+from .pluto import (
+    PlutoState,
+    Result,
+    Runner,
+    Whack,
+    check_conn_name,
+    check_ip,
+    error_for,
+    parse_showstates,
+    parse_trafficstatus,
+    parse_version,
+    per_peer_name,
+    pluto_view,
+    reply_code,
+    subprocess_runner,
+)
+from .sa import Event, Link, Reconcile
+from .sadb import SaDatabase
+from .wire import link_dict
 
-if TYPE_CHECKING:
-    from .server import Daemon
-
-__all__ = ["PlutoController", "TRANSIENT"]
+__all__ = ["TRANSIENT", "PlutoController"]
 
 log = logging.getLogger("nhrpbridge.pluto")
-# failures worth retrying: nhrpd itself asks again only after ~2 minutes (nhrpd-loop.md)
-TRANSIENT = frozenset({"pluto-not-running", "pluto-not-ready", "timeout", "whack-error"})
-
-
-SHORTCUT_YIELD = 3.0
+# failures worth retrying: nhrpd itself asks again only after ~2 minutes (FRR 8.4 to 10.3)
+TRANSIENT = frozenset({ErrorCode.PLUTO_NOT_RUNNING, ErrorCode.PLUTO_NOT_READY, ErrorCode.TIMEOUT,
+                       ErrorCode.WHACK_ERROR})
+SHORTCUT_YIELD = 3.0       # see _yield_to_peer
 RECONCILE_GRACE = 10.0     # see sadb.Reconcile: whack lags the updown hook
 
 
@@ -54,7 +60,6 @@ def _higher(local: str | None, remote: str) -> bool:
     """Is our address the higher one (then we let the peer initiate a shortcut)?"""
     if local is None:
         return False
-    import ipaddress
     a, b = ipaddress.ip_address(local), ipaddress.ip_address(remote)
     return (a.version, int(a)) > (b.version, int(b))
 
@@ -68,18 +73,25 @@ def _consume(task: asyncio.Task) -> None:
         first.exception()
 
 
-@dataclass
-class PerPeer:
-    profile: str
-    remote: str
-    down_since: float | None = None
-
-
 class PlutoController:
-    def __init__(self, daemon: "Daemon", whack: Whack, run: Runner = subprocess_runner,
-                 clock: Any = time.monotonic):
-        self.daemon = daemon
-        self.cfg = daemon.cfg
+    """The control interface (initiate, terminate, reconcile) over whack; also a sink
+    (a link that comes up satisfies waiting initiates).
+
+    Args:
+        db: the SA database, read only here.
+        apply: how a reconciled view reaches the database (and is published).
+        state: a dict persisted with the database (per-peer conns are kept there).
+    """
+
+    def __init__(self, cfg: Config, db: SaDatabase, apply: Callable[[Any], list[Event]],
+                 state: dict[str, Any], whack: Whack, run: Runner = subprocess_runner,
+                 clock: Callable[[], float] = time.monotonic,
+                 shortcut_yield: float = SHORTCUT_YIELD):
+        self.cfg = cfg
+        self.db = db
+        self.apply = apply
+        self.state = state
+        self.shortcut_yield = shortcut_yield
         self.whack = whack
         self.run_cmd = run
         self.clock = clock
@@ -88,10 +100,9 @@ class PlutoController:
             whack.version = (int(self.cfg.libreswan_version), 0)
         self.inflight: dict[tuple[str, str | None, str], asyncio.Task] = {}
         self.waiters: list[tuple[str, str, str | None, asyncio.Future]] = []
-        self.per_peer: dict[str, PerPeer] = {}
-        self.peers_conf = Path(self.cfg.state_dir) / "peers.conf"
+        self.per_peer = PerPeerConns(Path(cfg.state_dir) / "peers.conf", cfg.ipsec_conf, whack,
+                                     self.call, state)
         self.stats = {"whack-calls": 0, "initiates": 0, "joined": 0, "skipped-race": 0}
-        daemon.add_sink(self)
 
     # ---- running whack
 
@@ -102,6 +113,10 @@ class PlutoController:
         if reply_code(result) != 0:
             raise error_for(result, what)
         return result
+
+    async def states(self) -> list[PlutoState]:
+        return parse_showstates((await self.call(self.whack.showstates(),
+                                                 "whack --showstates")).stdout)
 
     async def detect_version(self) -> None:
         if self.version_known:
@@ -116,7 +131,7 @@ class PlutoController:
     async def view(self) -> Reconcile:
         states = await self.call(self.whack.showstates(), "whack --showstates")
         traffic = await self.call(self.whack.trafficstatus(), "whack --trafficstatus")
-        hint = {c.conn_name: c.local_host for c in self.daemon.db.child_sas.values()}
+        hint = {c.conn_name: c.local_host for c in self.db.child_sas.values()}
         return pluto_view(parse_showstates(states.stdout), parse_trafficstatus(traffic.stdout), hint)
 
     async def reconcile(self) -> dict[str, Any]:
@@ -124,16 +139,16 @@ class PlutoController:
             await self.detect_version()
             view = await self.view()
         except PlutoError as exc:
-            if exc.code != "pluto-not-running":
+            if exc.code != ErrorCode.PLUTO_NOT_RUNNING:
                 raise
             log.warning("pluto is not running: no SA can exist")
             view = Reconcile((), ())        # no grace: nothing can be up without pluto
         else:
             view = Reconcile(view.ike_sas, view.child_sas, grace=RECONCILE_GRACE)
-        events = self.daemon.apply(view)
+        events = self.apply(view)
         if events:
             log.info("reconciled with pluto: %d changes", len(events))
-        return {"reconciled": True, "changes": len(events), "seq": self.daemon.db.seq}
+        return {"reconciled": True, "changes": len(events), "seq": self.db.seq}
 
     # ---- events from the daemon (we are a sink)
 
@@ -141,9 +156,8 @@ class PlutoController:
         if ev.kind not in ("link-up", "link-down") or ev.link is None:
             return
         link = ev.link
-        for name, pp in self.per_peer.items():
-            if pp.profile == link.connection and pp.remote == link.remote_host:
-                pp.down_since = None if ev.kind == "link-up" else self.clock()
+        for pp in self.per_peer.of(link.connection, link.remote_host):
+            pp.down_since = None if ev.kind == "link-up" else self.clock()
         if ev.kind != "link-up":
             return
         for waiter in list(self.waiters):
@@ -157,8 +171,8 @@ class PlutoController:
 
     # ---- initiate
 
-    def _link_up(self, conn: str, remote: str, local: str | None) -> Any:
-        links = [l for l in self.daemon.db.find_link(conn, remote, local) if l.up]
+    def _link_up(self, conn: str, remote: str, local: str | None) -> Link | None:
+        links = [lk for lk in self.db.find_link(conn, remote, local) if lk.up]
         return links[0] if links else None
 
     async def initiate(self, conn: str, remote: str, local: str | None = None,
@@ -191,7 +205,7 @@ class PlutoController:
                     yield_first=shortcut and _higher(local, remote)))
                 task.first = first                   # type: ignore[attr-defined]
                 self.inflight[key] = task
-                task.add_done_callback(lambda t, k=key: self.inflight.pop(k, None))
+                task.add_done_callback(lambda _t, k=key: self.inflight.pop(k, None))  # type: ignore[misc]
                 task.add_done_callback(_consume)
             else:
                 self.stats["joined"] += 1
@@ -201,15 +215,15 @@ class PlutoController:
                 return {"result": await asyncio.shield(task.first)}   # type: ignore[attr-defined]
             try:                                    # raises PlutoError if whack failed
                 how = await asyncio.wait_for(asyncio.shield(task), timeout)
-            except asyncio.TimeoutError:
-                raise PlutoError(f"initiating {conn} to {remote} did not finish within "
-                                 f"{timeout:g} s", "timeout") from None
+            except TimeoutError:
+                raise ControlError(f"initiating {conn} to {remote} did not finish within "
+                                   f"{timeout:g} s", ErrorCode.TIMEOUT) from None
             try:
-                link = await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                raise PlutoError(f"link {conn} to {remote} not up after {timeout:g} s",
-                                 "timeout") from None
-            return {"result": "up", "how": how, "link": link_dict(link)}
+                came_up: Link = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise ControlError(f"link {conn} to {remote} not up after {timeout:g} s",
+                                   ErrorCode.TIMEOUT) from None
+            return {"result": "up", "how": how, "link": link_dict(came_up)}
         finally:
             self.waiters.remove((conn, remote, local, fut))
 
@@ -251,7 +265,7 @@ class PlutoController:
         if await self._peer_busy(conn, remote, local, name):
             return "joined-pluto-state"
         if self._per_peer(conn):
-            await self._ensure_per_peer(conn, remote, name)
+            await self.per_peer.ensure(conn, remote, name)
             # addconn took 0.2-3 s in the lab: the peer's own negotiation may have
             # started meanwhile (seen: "cannot install eroute -- it is in use" and a
             # one-sided IKE delete when we went ahead); look again just before whack
@@ -260,12 +274,12 @@ class PlutoController:
             try:
                 await self.call(self.whack.initiate(name), f"whack --initiate {name}")
             except PlutoError as exc:
-                if exc.code != "unknown-connection":
+                if exc.code != ErrorCode.UNKNOWN_CONNECTION:
                     raise
                 # pluto restarted and forgot our per-peer conns: add it again, once
                 log.info("pluto no longer knows %s (restarted?); adding it again", name)
-                self.per_peer.pop(name, None)
-                await self._ensure_per_peer(conn, remote, name)
+                self.per_peer.forget(name)
+                await self.per_peer.ensure(conn, remote, name)
                 await self.call(self.whack.initiate(name), f"whack --initiate {name}")
         else:
             await self.call(self.whack.initiate(conn, remote), f"whack --initiate {conn}")
@@ -273,22 +287,21 @@ class PlutoController:
         return "initiated"
 
     async def _yield_to_peer(self, conn: str, remote: str, local: str | None) -> bool:
-        """Give the lower-address end SHORTCUT_YIELD seconds to start the negotiation.
+        """Give the lower-address end `shortcut_yield` seconds to start the negotiation.
 
         Both spokes of a shortcut are asked within 100-300 ms of each other; if both
         initiate, libreswan 4.10 kills one IKE SA on one side only and the shortcut
         flaps or is blackholed (lab run: liveness timeout 10 s later, nhrpd purged the
         shortcut). A deterministic order removes the race; the wait is bounded, so a
-        peer that never starts costs SHORTCUT_YIELD seconds, not the link.
+        peer that never starts costs those seconds, not the link.
         """
-        end = self.clock() + SHORTCUT_YIELD
+        end = self.clock() + self.shortcut_yield
         name = per_peer_name(conn, remote)
         while self.clock() < end:
             if self._link_up(conn, remote, local) is not None:
                 return True
             try:
-                states = parse_showstates((await self.call(self.whack.showstates(),
-                                                           "whack --showstates")).stdout)
+                states = await self.states()
             except PlutoError:
                 return False
             if any(s.peer == remote or s.conn == name for s in states):
@@ -297,15 +310,14 @@ class PlutoController:
                 return True
             await asyncio.sleep(0.25)
         log.info("initiate %s -> %s: the peer did not start within %g s; initiating", conn,
-                 remote, SHORTCUT_YIELD)
+                 remote, self.shortcut_yield)
         return False
 
     async def _peer_busy(self, conn: str, remote: str, local: str | None, name: str) -> bool:
         """Is a negotiation or SA with this peer already there (ours or the peer's)?"""
         if self._link_up(conn, remote, local) is not None:
             return True
-        states = parse_showstates((await self.call(self.whack.showstates(),
-                                                   "whack --showstates")).stdout)
+        states = await self.states()
         # a per-peer conn's states are this peer's; a template's (--remote-host) are
         # everybody's: only the peer address tells those apart
         busy = [s for s in states if (s.peer == remote or (name != conn and s.conn == name))
@@ -326,36 +338,6 @@ class PlutoController:
         # --asynchronous` did not return within 10 s there; per-peer conns return at once
         return mode != "no"
 
-    async def _ensure_per_peer(self, profile: str, remote: str, name: str) -> None:
-        if name in self.per_peer:
-            return
-        self.per_peer[name] = PerPeer(profile, remote)
-        self._write_peers_conf()
-        try:
-            result = await self.call(self.whack.addconn(str(self.peers_conf), name),
-                                     f"addconn {name}")
-        except PlutoError:
-            del self.per_peer[name]
-            self._write_peers_conf()
-            raise
-        if result.stderr.strip():     # 4.10 exits 0 on per-conn errors: stderr is the verdict
-            del self.per_peer[name]
-            self._write_peers_conf()
-            raise PlutoError(f"addconn {name}: {result.stderr.strip().splitlines()[-1]} "
-                             f"(per-peer conns need `conn {profile}-base`, see README)",
-                             "bad-ipsec-conf")
-        self.daemon.extra_state["per-peer"] = {n: [p.profile, p.remote]
-                                               for n, p in self.per_peer.items()}
-
-    def _write_peers_conf(self) -> None:
-        """Rendered from templates/peer.conf.j2, the template `render` documents."""
-        from .render import render_peers
-        text = render_peers(self.cfg.ipsec_conf, [(n, p.profile, p.remote)
-                                                  for n, p in sorted(self.per_peer.items())])
-        tmp = self.peers_conf.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.peers_conf)
-
     async def _quiet_reconcile(self) -> None:
         try:
             await self.reconcile()
@@ -371,28 +353,27 @@ class PlutoController:
         await self.detect_version()
         calls: list[list[str]] = []
         if ike_id is not None:
-            ike = self.daemon.db.ike_sas.get(ike_id)
+            ike = self.db.ike_sas.get(ike_id)
             if ike is None or ike.connection != conn:
-                raise PlutoError(f"no IKE SA {ike_id} on {conn}", "unknown-sa")
+                raise ControlError(f"no IKE SA {ike_id} on {conn}", ErrorCode.UNKNOWN_SA)
             if ike.serial is None:
                 await self.reconcile()
-                ike = self.daemon.db.ike_sas.get(ike_id)
+                ike = self.db.ike_sas.get(ike_id)
                 if ike is None or ike.serial is None:
-                    raise PlutoError(f"IKE SA {ike_id} has no pluto serial yet", "unknown-sa")
+                    raise ControlError(f"IKE SA {ike_id} has no pluto serial yet",
+                                       ErrorCode.UNKNOWN_SA)
             calls.append(self.whack.delete_ike(ike.serial))
         elif remote is not None:
             remote = check_ip(remote)
             name = per_peer_name(conn, remote)
-            if name in self.per_peer:
+            if name in self.per_peer.conns:
                 calls.append(self.whack.terminate_conn(name))     # clears UP: no revival
-            states = parse_showstates((await self.call(self.whack.showstates(),
-                                                       "whack --showstates")).stdout)
-            for s in states:
+            for s in await self.states():
                 if s.peer == remote and not s.is_child and s.conn != name:
                     calls.append(self.whack.delete_ike(s.serial))
         else:
             calls.append(self.whack.terminate_conn(conn))
-            calls += [self.whack.terminate_conn(n) for n, p in self.per_peer.items()
+            calls += [self.whack.terminate_conn(n) for n, p in self.per_peer.conns.items()
                       if p.profile == conn]
         for argv in calls:
             await self.call(argv, " ".join(argv[2:]))
@@ -411,26 +392,9 @@ class PlutoController:
             await self.expire_per_peer()
 
     async def expire_per_peer(self) -> None:
-        now = self.clock()
-        for name, pp in list(self.per_peer.items()):
-            if self._link_up(pp.profile, pp.remote, None) is not None:
-                pp.down_since = None
-                continue
-            if pp.down_since is None:
-                pp.down_since = now
-            if now - pp.down_since >= self.cfg.per_peer_idle:
-                try:
-                    await self.call(self.whack.delete_conn(name), f"whack --delete {name}")
-                except PlutoError as exc:
-                    if exc.code != "unknown-connection":
-                        log.warning("deleting idle per-peer conn %s: %s", name, exc)
-                        continue
-                del self.per_peer[name]
-                self._write_peers_conf()
-                log.info("per-peer conn %s deleted after %g s down", name, self.cfg.per_peer_idle)
-        self.daemon.extra_state["per-peer"] = {n: [p.profile, p.remote]
-                                               for n, p in self.per_peer.items()}
+        await self.per_peer.expire(self.clock(), self.cfg.per_peer_idle,
+                                   lambda profile, remote: self._link_up(profile, remote, None)
+                                   is not None)
 
     def restore(self, saved: dict[str, list[str]] | None) -> None:
-        for name, (profile, remote) in (saved or {}).items():
-            self.per_peer[name] = PerPeer(profile, remote)
+        self.per_peer.restore(saved)

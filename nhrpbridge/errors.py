@@ -1,28 +1,58 @@
-"""Every exception nhrpbridge raises on purpose.
+"""Every exception nhrpbridge raises on purpose, and every error code a client can see.
 
     NhrpBridgeError
-      ConfigError              file, line, field, message; `errors` holds all of them
-      ProtocolError            not raised itself
+      ConfigError              file, line, field, message; `problems` holds all of them
+      ProtocolError            not raised itself; `code` is what the client is told
         LocalProtocolError     we built a bad message: a bug on our side
         RemoteProtocolError    the peer sent garbage: reply with an error, maybe close
       RecordError              a spool record that cannot be parsed (kept aside, never lost)
-      PlutoError               whack/addconn failed, timed out or is missing
+      ControlError             an initiate/terminate/resync that cannot be carried out
+        PlutoError             ... because whack or addconn failed, timed out or is missing
       RenderError              a value that cannot be written into ipsec.conf safely
       StateError               a state file this version must not use (written by a newer one)
       SpoolError               a spool others could write into: its records would be forged
+      SocketInUse              a live server already answers on a socket path we would bind
+      DaemonUnreachable        (clients) no daemon answers on the API socket
 
 Codecs raise only ProtocolError subclasses (the h11 split), so a server can catch
-RemoteProtocolError per connection and keep serving everybody else.
+RemoteProtocolError per connection and keep serving everybody else. Errors that reach a
+client carry an ErrorCode; docs/api.md lists exactly these (a test checks it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 __all__ = [
-    "NhrpBridgeError", "ConfigError", "ConfigProblem", "ProtocolError",
-    "LocalProtocolError", "RemoteProtocolError", "RecordError", "PlutoError",
-    "RenderError", "StateError", "SpoolError",
+    "ConfigError", "ConfigProblem", "ControlError", "DaemonUnreachable", "ErrorCode",
+    "LocalProtocolError", "NhrpBridgeError", "PlutoError", "ProtocolError", "RecordError",
+    "RemoteProtocolError", "RenderError", "SocketInUse", "SpoolError", "StateError",
 ]
+
+
+class ErrorCode(StrEnum):
+    """`error.code` in API replies (and the reason in VICI `errmsg`s)."""
+
+    INVALID_JSON = "invalid-json"
+    NOT_AN_OBJECT = "not-an-object"
+    UNKNOWN_OP = "unknown-op"
+    BAD_REQUEST = "bad-request"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    PERMISSION_DENIED = "permission-denied"
+    LINE_TOO_LONG = "line-too-long"
+    INTERNAL_ERROR = "internal-error"
+    NOT_SUPPORTED = "not-supported"
+    TIMEOUT = "timeout"
+    UNKNOWN_SA = "unknown-sa"
+    PLUTO_ERROR = "pluto-error"
+    PLUTO_MISSING = "pluto-missing"
+    PLUTO_NOT_RUNNING = "pluto-not-running"
+    PLUTO_NOT_READY = "pluto-not-ready"
+    UNKNOWN_CONNECTION = "unknown-connection"
+    COULD_NOT_ROUTE = "could-not-route"
+    NOT_A_TEMPLATE = "not-a-template"
+    WHACK_ERROR = "whack-error"
+    BAD_IPSEC_CONF = "bad-ipsec-conf"
 
 
 class NhrpBridgeError(Exception):
@@ -51,9 +81,11 @@ class ConfigError(NhrpBridgeError):
 
 
 class ProtocolError(NhrpBridgeError):
-    """A wire-protocol violation; use a subclass."""
+    """A wire-protocol violation; use a subclass. `code` is an ErrorCode where the error
+    reaches an API client; the VICI and nhrpd codecs use finer codes of their own
+    (`vici-truncated`, ...) for the log."""
 
-    def __init__(self, message: str, code: str = "bad-request"):
+    def __init__(self, message: str, code: str = ErrorCode.BAD_REQUEST):
         if type(self) is ProtocolError:
             raise TypeError("raise LocalProtocolError or RemoteProtocolError")
         self.code = code
@@ -65,13 +97,14 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that break the protocol.
+    """The peer sent bytes that break the protocol, or a well-formed request with bad
+    arguments (code bad-request).
 
     `fatal` is True for framing violations (the stream cannot be resynchronised,
     so the connection must be closed); False for a bad but well-framed message.
     """
 
-    def __init__(self, message: str, code: str = "bad-request", fatal: bool = False):
+    def __init__(self, message: str, code: str = ErrorCode.BAD_REQUEST, fatal: bool = False):
         self.fatal = fatal
         super().__init__(message, code)
 
@@ -80,13 +113,22 @@ class RecordError(NhrpBridgeError):
     """A spool record is not a valid `export -p` dump."""
 
 
-class PlutoError(NhrpBridgeError):
-    """A whack/addconn call failed; `code` is the API error code."""
+class ControlError(NhrpBridgeError):
+    """A control request (initiate, terminate, resync) cannot be carried out: no pluto
+    adapter, bad arguments, no such SA, or the link did not come up in time."""
 
-    def __init__(self, message: str, code: str = "pluto-error", rc: int | None = None):
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST):
         self.code = code
-        self.rc = rc
         super().__init__(message)
+
+
+class PlutoError(ControlError):
+    """A whack/addconn call failed; `rc` is whack's reply code where it gave one."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PLUTO_ERROR,
+                 rc: int | None = None):
+        self.rc = rc
+        super().__init__(message, code)
 
 
 class RenderError(NhrpBridgeError):
@@ -101,3 +143,12 @@ class StateError(NhrpBridgeError):
 class SpoolError(NhrpBridgeError):
     """The spool is a symlink, not owned by root or our own user, or writable by group or
     others: anyone who can write a record there could create or destroy SAs."""
+
+
+class SocketInUse(NhrpBridgeError):
+    """Something live already answers on a socket path (or the path is not a socket):
+    taking it over would cut off whoever serves there."""
+
+
+class DaemonUnreachable(NhrpBridgeError):
+    """No daemon answers on the API socket (the CLI exits 3)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .plutolog import LogLine, Notice
-from .sadb import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp
+from .sa import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp
 from .updown import profile_of
 
 __all__ = ["LogInterpreter"]

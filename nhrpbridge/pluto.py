@@ -1,7 +1,7 @@
 """Talking to pluto through the installed `ipsec whack` (never its socket, never a shell).
 
 Strategy:
-- whack's wire format is a version-locked C struct (reference/libreswan.md §4.1), so
+- whack's wire format is a version-locked C struct (whack and pluto must be the same build), so
   we exec the matching binary. Every value we pass is validated first (connection
   names, IP literals, serials) and goes as its own argv element.
 - Output parsers are pure functions over text, tested on golden 4.x and 5.x output:
@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
 
-from .errors import PlutoError
+from .configfields import CONN_NAME
+from .errors import ErrorCode, PlutoError
 from .plutolog import canonical_ip
-from .sadb import ChildUp, IkeUp, Reconcile
+from .sa import ChildUp, IkeUp, Reconcile
 from .updown import peer_suffix, profile_of
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "check_conn_name", "check_ip", "per_peer_name", "error_for", "reply_code",
 ]
 
-CONN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +52,14 @@ async def subprocess_runner(argv: list[str], timeout: float) -> Result:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
-        raise PlutoError(f"{argv[0]}: not found (is libreswan installed?)", "pluto-missing") from None
+        raise PlutoError(f"{argv[0]}: not found (is libreswan installed?)", ErrorCode.PLUTO_MISSING) from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise PlutoError(f"{' '.join(argv[:4])}... did not answer within {timeout:g} s",
-                         "timeout") from None
+                         ErrorCode.TIMEOUT) from None
     return Result(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
@@ -68,7 +68,7 @@ async def subprocess_runner(argv: list[str], timeout: float) -> Result:
 def check_conn_name(name: str) -> str:
     """Connection names: letters, digits, '.', '_', '-'; never a leading '-'."""
     if not isinstance(name, str) or not CONN_NAME.fullmatch(name):
-        raise PlutoError(f"invalid connection name {name!r}", "bad-request")
+        raise PlutoError(f"invalid connection name {name!r}", ErrorCode.BAD_REQUEST)
     return name
 
 
@@ -81,10 +81,10 @@ def check_ip(addr: str) -> str:
     try:
         ip = ipaddress.ip_address(addr)
     except (ValueError, TypeError):
-        raise PlutoError(f"invalid IP address {addr!r}", "bad-request") from None
+        raise PlutoError(f"invalid IP address {addr!r}", ErrorCode.BAD_REQUEST) from None
     if "%" in addr or str(ip) != addr:
         raise PlutoError(f"IP address {addr!r} is not in canonical form ({str(ip).split('%')[0]!r}"
-                         " without a scope id)", "bad-request")
+                         " without a scope id)", ErrorCode.BAD_REQUEST)
     return addr
 
 
@@ -118,11 +118,11 @@ def error_for(result: Result, what: str) -> PlutoError:
     last = re.sub(r"^\d{3} ", "", last)
     rc = reply_code(result)
     # 24 (RC_DEAF): pluto runs but is not listening yet ("need --listen before --initiate")
-    code = {21: "unknown-connection", 24: "pluto-not-ready", 25: "could-not-route",
-            29: "not-a-template"}.get(rc)
+    code = {21: ErrorCode.UNKNOWN_CONNECTION, 24: ErrorCode.PLUTO_NOT_READY, 25: ErrorCode.COULD_NOT_ROUTE,
+            29: ErrorCode.NOT_A_TEMPLATE}.get(rc)
     if rc == 33 or "not running" in text:
-        code = "pluto-not-running" if "not running" in text else "whack-error"
-    return PlutoError(f"{what} failed (rc {rc}): {last or 'no output'}", code or "pluto-error", rc)
+        code = ErrorCode.PLUTO_NOT_RUNNING if "not running" in text else ErrorCode.WHACK_ERROR
+    return PlutoError(f"{what} failed (rc {rc}): {last or 'no output'}", code or ErrorCode.PLUTO_ERROR, rc)
 
 
 # ---- pure parsers ---------------------------------------------------------------
@@ -160,7 +160,7 @@ def parse_version(text: str) -> tuple[int, int]:
     m = re.search(r"Libreswan\s+U?(\d+)\.(\d+)", text)
     if not m:
         raise PlutoError(f"cannot read the libreswan version from {text.strip()[:80]!r}",
-                         "pluto-error")
+                         ErrorCode.PLUTO_ERROR)
     return int(m.group(1)), int(m.group(2))
 
 
@@ -334,7 +334,7 @@ class Whack:
     def delete_ike(self, serial: int) -> list[str]:
         """One IKE SA (and its children) by pluto serial."""
         if not isinstance(serial, int) or isinstance(serial, bool) or serial <= 0:
-            raise PlutoError(f"invalid state serial {serial!r}", "bad-request")
+            raise PlutoError(f"invalid state serial {serial!r}", ErrorCode.BAD_REQUEST)
         if self.version[0] >= 5:
             return self.whack("--name", f"#{serial}", "--down")
         return self.whack("--deletestate", str(serial))

@@ -5,7 +5,7 @@ Strategy:
   optional prefixes (logfile `Nov 30 00:21:51.074335: `, syslog
   `Nov 30 00:21:51 host pluto[123]: `, journald-free whack codes `003 `, and
   `ERROR: `/`warning: `), then the anatomy `"conn"[N] peer #serial: message`
-  (reference/libreswan.md §5.2). Lines without a quoted connection or a `#N`
+  (4.x and 5.x alike). Lines without a quoted connection or a `#N`
   serial cost one `str.find` and are dropped: pluto logs far more than we use.
 - Messages are recognised by a cheap keyword test first and a regex second;
   each kind has both its 4.x and its 5.x wording (§5.3). Unknown lines never

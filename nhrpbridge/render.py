@@ -113,8 +113,8 @@ def libreswan_major(cfg: Config, ipsec: str | None = None) -> int:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RenderError(f"cannot ask `{cmd} --version` which libreswan this is ({exc}); "
                           "set `pluto: version: 4` or `5`") from None
-    from .pluto import parse_version
     from .errors import PlutoError
+    from .pluto import parse_version
     try:
         return parse_version(r.stdout + r.stderr)[0]
     except PlutoError as exc:

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["parse_updown_log_line", "run_hook", "default_hook"]
+__all__ = ["default_hook", "parse_updown_log_line", "replay_file", "run_hook"]
 
 _SHORT = {"VERB": "PLUTO_VERB", "CONN": "PLUTO_CONNECTION", "ME": "PLUTO_ME", "PEER": "PLUTO_PEER"}
 

@@ -14,7 +14,7 @@ Strategy:
   whatever IKE SAs the children hang off (duplicate IKE SAs are normal in DMVPN
   when both spokes initiate).
 - Rule 3 (incomplete hook view): updown has no IKE events, no serials and may
-  report a down-host with SPIs it never announced (nhrpd-loop.md gotcha 4). An
+  report a down-host with SPIs it never announced (seen in the lab with duplicate children). An
   unknown down changes nothing (reconciliation settles it); unroute removes every
   child of that conn and peer because pluto only unroutes a conn without SAs.
   An IKE SA we only *inferred* from a Child SA disappears with its last child;
@@ -24,295 +24,33 @@ Strategy:
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-__all__ = [
-    "IkeSa", "ChildSa", "Link", "Event", "ChildUp", "ChildDown", "Unroute", "IkeUp",
-    "IkeDown", "IkeRekeyed", "ChildRekeyed", "Reconcile", "SaDatabase", "LinkKey",
-]
+from .sa import (
+    ChildDown,
+    ChildRekeyed,
+    ChildSa,
+    ChildUp,
+    Event,
+    IkeDown,
+    IkeRekeyed,
+    IkeSa,
+    IkeUp,
+    Link,
+    Reconcile,
+    Unroute,
+)
+from .satables import SaTables
 
-LinkKey = tuple[str, str, str, str]  # connection, local-host, remote-host, remote-id
-
-
-# ---- records -------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class IkeSa:
-    uniqueid: int
-    connection: str          # profile name (what nhrpd calls it)
-    conn_name: str           # pluto's conn name (per-peer conns differ)
-    local_host: str
-    remote_host: str
-    local_id: str = ""
-    remote_id: str = ""
-    state: str = "ESTABLISHED"
-    serial: int | None = None        # pluto state number #N
-    instance: int | None = None      # "conn"[N]
-    remote_port: int | None = None
-    initiator: bool | None = None
-    auth: str = ""
-    remote_cert_subject: str = ""
-    remote_cert_issuer: str = ""
-    established: float = 0.0
-    inferred: bool = False           # seen only through its Child SAs
-
-    @property
-    def link_key(self) -> LinkKey:
-        return (self.connection, self.local_host, self.remote_host, self.remote_id)
-
-
-@dataclass(frozen=True, slots=True)
-class ChildSa:
-    uniqueid: int
-    ike_uniqueid: int
-    connection: str
-    conn_name: str
-    local_host: str
-    remote_host: str
-    local_id: str = ""
-    remote_id: str = ""
-    spi_in: int = 0                  # inbound SPI (pluto's SPI_OUT)
-    spi_out: int = 0                 # outbound SPI (pluto's SPI_IN)
-    reqid: int = 0
-    mode: str = "TRANSPORT"
-    protocol: str = "ESP"
-    local_ts: str = ""
-    remote_ts: str = ""
-    state: str = "INSTALLED"
-    serial: int | None = None
-    installed: float = 0.0
-    source: str = ""
-
-    @property
-    def link_key(self) -> LinkKey:
-        return (self.connection, self.local_host, self.remote_host, self.remote_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    connection: str
-    local_host: str
-    remote_host: str
-    remote_id: str
-    children: tuple[int, ...] = ()
-
-    @property
-    def up(self) -> bool:
-        return bool(self.children)
-
-    @property
-    def key(self) -> LinkKey:
-        return (self.connection, self.local_host, self.remote_host, self.remote_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One change as subscribers see it. Child events carry their IKE SA as it was
-    then (VICI needs it, and it may be gone by the time the event is delivered)."""
-
-    seq: int
-    kind: str                        # ike-up, ike-down, ike-updated, child-up, ...
-    time: float
-    ike_sa: IkeSa | None = None
-    child_sa: ChildSa | None = None
-    link: Link | None = None
-
-
-# ---- changes (inputs) ---------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class ChildUp:
-    conn_name: str
-    connection: str
-    local_host: str
-    remote_host: str
-    local_id: str = ""
-    remote_id: str = ""
-    spi_in: int = 0
-    spi_out: int = 0
-    reqid: int = 0
-    mode: str = "TRANSPORT"
-    protocol: str = "ESP"
-    local_ts: str = ""
-    remote_ts: str = ""
-    source: str = ""
-    serial: int | None = None
-    ike_serial: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChildDown:
-    conn_name: str
-    connection: str
-    local_host: str
-    remote_host: str
-    spi_in: int = 0
-    spi_out: int = 0
-    serial: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Unroute:
-    conn_name: str
-    connection: str
-    local_host: str
-    remote_host: str
-
-
-@dataclass(frozen=True, slots=True)
-class IkeUp:
-    conn_name: str
-    connection: str
-    remote_host: str
-    serial: int
-    local_host: str = ""
-    instance: int | None = None
-    remote_port: int | None = None
-    local_id: str = ""
-    remote_id: str = ""
-    initiator: bool | None = None
-    auth: str = ""
-    remote_cert_subject: str = ""
-    remote_cert_issuer: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class IkeDown:
-    serial: int
-
-
-@dataclass(frozen=True, slots=True)
-class IkeRekeyed:
-    old_serial: int
-    new_serial: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChildRekeyed:
-    old_serial: int
-    new_serial: int
-    spi_in: int = 0
-    spi_out: int = 0
-    ike_serial: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Reconcile:
-    """pluto's own complete view (from whack): the database converges to it.
-
-    `grace`: a Child SA reported less than this many seconds ago is kept even if
-    whack does not list it yet: pluto runs up-host *before* it records the Child
-    SA as established (lab: 2.5 s apart under UML), and removing it in that gap
-    made nhrpd drop a fresh shortcut.
-    """
-
-    ike_sas: tuple[IkeUp, ...]
-    child_sas: tuple[ChildUp, ...]
-    grace: float = 0.0
-
+__all__ = ["SaDatabase"]
 
 # ---- the database -------------------------------------------------------------
 
 @dataclass
-class SaDatabase:
-    ike_sas: dict[int, IkeSa] = field(default_factory=dict)
-    child_sas: dict[int, ChildSa] = field(default_factory=dict)
-    links: dict[LinkKey, Link] = field(default_factory=dict)
-    seq: int = 0
-    next_ike_id: int = 1
-    next_child_id: int = 1
-    # indexes, so each change costs O(1) at hub scale (10,000 spokes); kept in step
-    # by _put_*/_del_* and nothing else
-    _kids: dict[int, set[int]] = field(default_factory=dict, repr=False)
-    _child_by_spi: dict[tuple[str, int, int], int] = field(default_factory=dict, repr=False)
-    _child_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
-    _ike_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
-    _ike_by_peer: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
-    # persistence: each record's JSON is cached and rebuilt only when it changed, so a
-    # checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop
-    _json: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
-    _stale: set[tuple[str, int]] = field(default_factory=set, repr=False)
-
-    # -- index maintenance
-
-    def _put_child(self, c: ChildSa) -> None:
-        self.child_sas[c.uniqueid] = c
-        self._stale.add(("c", c.uniqueid))
-        self._kids.setdefault(c.ike_uniqueid, set()).add(c.uniqueid)
-        if c.spi_in or c.spi_out:
-            self._child_by_spi[(c.remote_host, c.spi_in, c.spi_out)] = c.uniqueid
-        if c.serial is not None:
-            self._child_by_serial[c.serial] = c.uniqueid
-
-    def _del_child(self, c: ChildSa) -> None:
-        del self.child_sas[c.uniqueid]
-        self._stale.add(("c", c.uniqueid))
-        kids = self._kids.get(c.ike_uniqueid)
-        if kids is not None:
-            kids.discard(c.uniqueid)
-            if not kids:
-                del self._kids[c.ike_uniqueid]
-        key = (c.remote_host, c.spi_in, c.spi_out)
-        if self._child_by_spi.get(key) == c.uniqueid:
-            del self._child_by_spi[key]
-        if c.serial is not None and self._child_by_serial.get(c.serial) == c.uniqueid:
-            del self._child_by_serial[c.serial]
-
-    def _set_child(self, old: ChildSa, new: ChildSa) -> None:
-        self._del_child(old)
-        self._put_child(new)
-
-    def _put_ike(self, ike: IkeSa) -> None:
-        self.ike_sas[ike.uniqueid] = ike
-        self._stale.add(("i", ike.uniqueid))
-        self._ike_by_peer.setdefault((ike.connection, ike.remote_host), set()).add(ike.uniqueid)
-        if ike.serial is not None:
-            self._ike_by_serial[ike.serial] = ike.uniqueid
-
-    def _del_ike(self, ike: IkeSa) -> None:
-        del self.ike_sas[ike.uniqueid]
-        self._stale.add(("i", ike.uniqueid))
-        peers = self._ike_by_peer.get((ike.connection, ike.remote_host))
-        if peers is not None:
-            peers.discard(ike.uniqueid)
-            if not peers:
-                del self._ike_by_peer[(ike.connection, ike.remote_host)]
-        if ike.serial is not None and self._ike_by_serial.get(ike.serial) == ike.uniqueid:
-            del self._ike_by_serial[ike.serial]
-
-    def _set_ike(self, old: IkeSa, new: IkeSa) -> None:
-        self._del_ike(old)
-        self._put_ike(new)
-
-    def _ikes_of_peer(self, connection: str, remote_host: str) -> list[IkeSa]:
-        return [self.ike_sas[u] for u in sorted(self._ike_by_peer.get((connection, remote_host), ()))]
-
-    # -- queries
-
-    def dump(self, connection: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Everything, as API dicts (optionally one connection only)."""
-        def keep(rec: Any) -> bool:
-            return connection is None or rec.connection == connection
-        return {
-            "ike-sas": [ike_dict(i) for i in self.ike_sas.values() if keep(i)],
-            "child-sas": [child_dict(c) for c in self.child_sas.values() if keep(c)],
-            "links": [link_dict(l) for l in self.links.values() if keep(l)],
-        }
-
-    def children_of_ike(self, ike_id: int) -> list[ChildSa]:
-        return [self.child_sas[u] for u in sorted(self._kids.get(ike_id, ()))]
-
-    def find_link(self, connection: str, remote_host: str,
-                  local_host: str | None = None) -> list[Link]:
-        return [l for l in self.links.values() if l.connection == connection
-                and l.remote_host == remote_host
-                and (local_host is None or l.local_host == local_host)]
-
-    def ike_by_serial(self, serial: int) -> IkeSa | None:
-        uid = self._ike_by_serial.get(serial)
-        return self.ike_sas[uid] if uid is not None else None
+class SaDatabase(SaTables):
+    """The tables plus the rules: `apply(change, now)` -> events."""
 
     # -- the one entry point
 
@@ -320,8 +58,7 @@ class SaDatabase:
         """Converge to `change`; return the implied events (maybe none)."""
         self._now = now
         self._events: list[Event] = []
-        handler = _HANDLERS[type(change)]
-        handler(self, change)
+        _HANDLERS[type(change)](self, change)
         return self._events
 
     # -- event helpers
@@ -377,7 +114,7 @@ class SaDatabase:
                       and (not up.remote_id or i.remote_id in ("", up.remote_id))]
         if candidates:
             ike = max(candidates, key=lambda i: (i.serial or 0, i.uniqueid))
-            fill = {}
+            fill: dict[str, Any] = {}
             if not ike.local_host:
                 fill["local_host"] = up.local_host
             if not ike.remote_id and up.remote_id:
@@ -400,7 +137,7 @@ class SaDatabase:
             return any(i.remote_host == change.remote_host and i.connection == change.connection
                        and i.serial in (None, change.serial) for i in self.ike_sas.values())
         if isinstance(change, ChildUp):
-            return (change.spi_in or change.spi_out) and self._match_child(
+            return bool(change.spi_in or change.spi_out) and self._match_child(
                 change.local_host, change.remote_host, change.spi_in, change.spi_out,
                 None) is not None
         return False
@@ -517,9 +254,10 @@ class SaDatabase:
             if ike is not None:
                 seen_ike.add(ike.uniqueid)
         seen_child: set[int] = set()
-        for up in rc.child_sas:
-            self._child_up(up)
-            c = self._match_child(up.local_host, up.remote_host, up.spi_in, up.spi_out, up.serial)
+        for cup in rc.child_sas:
+            self._child_up(cup)
+            c = self._match_child(cup.local_host, cup.remote_host, cup.spi_in, cup.spi_out,
+                                  cup.serial)
             if c is not None:
                 seen_child.add(c.uniqueid)
         for c in list(self.child_sas.values()):
@@ -533,29 +271,14 @@ class SaDatabase:
                     and not self.children_of_ike(ike.uniqueid):
                 self._drop_ike(ike)
 
-    # -- persistence
-
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-able snapshot for the state file."""
-        return json.loads(self.to_state_json())
-
-    def to_state_json(self) -> str:
-        """The snapshot as JSON text, rebuilding only the records that changed."""
-        for kind, uid in self._stale:
-            rec = (self.ike_sas if kind == "i" else self.child_sas).get(uid)
-            if rec is None:
-                self._json.pop((kind, uid), None)
-            else:
-                self._json[(kind, uid)] = json.dumps(
-                    {n: getattr(rec, n) for n in _FIELDS[type(rec)]}, separators=(",", ":"))
-        self._stale.clear()
-        ikes = ",".join(self._json[("i", u)] for u in self.ike_sas)
-        kids = ",".join(self._json[("c", u)] for u in self.child_sas)
-        return (f'{{"seq":{self.seq},"next-ike-id":{self.next_ike_id},'
-                f'"next-child-id":{self.next_child_id},"ike-sas":[{ikes}],"child-sas":[{kids}]}}')
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Become `from_state(state)` (or empty) in place: front-ends hold this object."""
+        fresh = SaDatabase.from_state(state) if state is not None else SaDatabase()
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "SaDatabase":
+    def from_state(cls, state: dict[str, Any]) -> SaDatabase:
         """Rebuild from `to_state()` output; links are derived from the children."""
         db = cls(seq=int(state["seq"]), next_ike_id=int(state["next-ike-id"]),
                  next_child_id=int(state["next-child-id"]))
@@ -572,52 +295,9 @@ class SaDatabase:
         return db
 
 
-_FIELDS = {IkeSa: tuple(f.name for f in fields(IkeSa)),
-           ChildSa: tuple(f.name for f in fields(ChildSa))}
-
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[SaDatabase, Any], None]] = {
     ChildUp: SaDatabase._child_up, ChildDown: SaDatabase._child_down,
     Unroute: SaDatabase._unroute, IkeUp: SaDatabase._ike_up, IkeDown: SaDatabase._ike_down,
     IkeRekeyed: SaDatabase._ike_rekeyed, ChildRekeyed: SaDatabase._child_rekeyed,
     Reconcile: SaDatabase._reconcile,
 }
-
-
-# ---- API views (kebab-case, spelled as in VICI) --------------------------------
-
-def _kebab(rec: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
-    out = {}
-    for f in fields(rec):
-        if f.name in skip:
-            continue
-        out[f.name.replace("_", "-")] = getattr(rec, f.name)
-    return out
-
-
-def ike_dict(ike: IkeSa) -> dict[str, Any]:
-    return _kebab(ike)
-
-
-def child_dict(child: ChildSa) -> dict[str, Any]:
-    d = _kebab(child)
-    d["spi-in"] = f"{child.spi_in:08x}"
-    d["spi-out"] = f"{child.spi_out:08x}"
-    return d
-
-
-def link_dict(link: Link) -> dict[str, Any]:
-    return {"connection": link.connection, "local-host": link.local_host,
-            "remote-host": link.remote_host, "remote-id": link.remote_id,
-            "children": len(link.children), "child-ids": list(link.children), "up": link.up}
-
-
-def event_dict(ev: Event) -> dict[str, Any]:
-    """The API form of an event: {"type": kind, "seq": n, ...records}."""
-    d: dict[str, Any] = {"type": ev.kind, "seq": ev.seq, "time": ev.time}
-    if ev.ike_sa is not None:
-        d["ike-sa"] = ike_dict(ev.ike_sa)
-    if ev.child_sa is not None:
-        d["child-sa"] = child_dict(ev.child_sa)
-    if ev.link is not None:
-        d["link"] = link_dict(ev.link)
-    return d

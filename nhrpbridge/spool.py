@@ -18,12 +18,13 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import RecordError, SpoolError, StateError
-from .protocol.exportp import MAX_RECORD
+from .protocol.record import MAX_RECORD
 
 __all__ = ["Spool", "StateFile", "RECORD_SUFFIX", "order"]
 
@@ -115,7 +116,7 @@ def order(name: str) -> tuple[int, str]:
 class StateFile:
     path: Path
     # injected so tests can play a full disk (short writes, ENOSPC)
-    write: Callable[[int, bytes], int] = field(default=os.write, repr=False)
+    write: Callable[[int, memoryview], int] = field(default=os.write, repr=False)
 
     def load(self) -> tuple[dict[str, Any] | None, set[str]]:
         """Return (database state, applied record names); (None, set()) if absent.

@@ -7,7 +7,6 @@ a stale one (ECONNREFUSED) is removed. Mode and group are set right after bind.
 """
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import socket
@@ -15,11 +14,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
-__all__ = ["bind_unix", "PeerCred", "peer_cred", "SocketInUse"]
+from .errors import SocketInUse
 
-
-class SocketInUse(OSError):
-    """Something live already answers on the path."""
+__all__ = ["PeerCred", "bind_unix", "group_ids", "may_control", "peer_cred"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +36,7 @@ def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
     if os.path.lexists(path):
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode):
-            raise SocketInUse(errno.EEXIST, f"{path} exists and is not a socket")
+            raise SocketInUse(f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -52,10 +49,10 @@ def bind_unix(path: str, mode: int, group: str = "") -> socket.socket:
         except OSError as exc:
             # EAGAIN (a full accept backlog), a timeout, EACCES...: somebody may well be
             # alive there; taking the path over would run two servers on one socket
-            raise SocketInUse(errno.EADDRINUSE, f"{path} may belong to a live server "
+            raise SocketInUse(f"{path} may belong to a live server "
                               f"(probe: {exc}); not taking it over") from None
         else:
-            raise SocketInUse(errno.EADDRINUSE, f"a live server already answers on {path}")
+            raise SocketInUse(f"a live server already answers on {path}")
         finally:
             probe.close()
     gid = grp.getgrnam(group).gr_gid if group else -1
@@ -90,18 +87,18 @@ def peer_cred(sock: socket.socket) -> PeerCred:
     return PeerCred(pid, uid, gid)
 
 
-def group_ids(names: tuple[str, ...] | list[str]) -> set[int]:
+def group_ids(names: tuple[str, ...] | list[str]) -> frozenset[int]:
     """gids of the named groups; unknown names are ignored (config check warns)."""
-    out = set()
+    out: set[int] = set()
     for name in names:
         try:
             out.add(grp.getgrnam(name).gr_gid)
         except KeyError:
             pass
-    return out
+    return frozenset(out)
 
 
-def may_control(cred: PeerCred, allowed_gids: set[int]) -> bool:
+def may_control(cred: PeerCred, allowed_gids: frozenset[int]) -> bool:
     """Control ops: root, our own uid (an unprivileged --state-dir daemon's owner),
     or a member (primary or supplementary) of an allowed group."""
     if cred.uid in (0, os.getuid()):

@@ -1,11 +1,11 @@
 """Turn one updown environment (PLUTO_* variables) into an SA change.
 
-Facts this relies on (reference/libreswan.md §1-2):
+Facts this relies on (libreswan 4.x and 5.x updown):
 - Verbs are prepare|route|up|down|unroute with -host|-client and optional -v6.
   Only up-* and down-* concern Child SAs; prepare/route create nothing.
   unroute-* means the conn (instance) left the routed state: no Child SA of that
   conn to that peer can remain (this also covers pluto's missing down-host for
-  a duplicate child, gotcha 4 of nhrpd-loop.md).
+  a duplicate child, seen in the lab).
 - SPI_IN holds the *outbound* SPI and SPI_OUT the inbound one (names swapped in
   pluto). We store them the VICI way: spi-in = inbound, spi-out = outbound.
 - PLUTO_CONNECTION is the base name without [N]. A per-peer conn `T-<peer>`
@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 
 from .errors import RecordError
-from .sadb import ChildDown, ChildUp, Unroute
+from .sa import ChildDown, ChildUp, Unroute
 
 __all__ = ["parse_updown_env", "profile_of", "peer_suffix", "VERBS"]
 

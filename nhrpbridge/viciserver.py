@@ -1,6 +1,6 @@
 """A VICI-compatible socket so an unmodified FRR nhrpd (and swanctl) work with libreswan.
 
-Strategy (reference/vici-nhrpd.md):
+Strategy:
 - Each connection has its own Decoder and a queue of requests worked off by one
   task, so pipelined requests (nhrpd sends 5 packets on connect) are answered in
   order, and a slow `initiate` never delays another client. Writes never await;
@@ -8,14 +8,11 @@ Strategy (reference/vici-nhrpd.md):
 - Events go only to connections registered for them (charon's rule; the vici
   client would take an unexpected event for a command response). Registration
   of a name we do not know gets EVENT_UNKNOWN.
-- SA messages are laid out the way nhrpd parses them (§2.5): one section named
-  after the profile, IKE keys first (`uniqueid`, `local-host`, `remote-host`,
-  ids, cert data as raw DER), then `child-sas` with one section per child
-  holding `uniqueid` and `state`. Child updown also raises the patched-strongSwan
-  events `child-state-installed` / `-rekeyed` / `-destroying` that nhrpd needs.
+- SA messages and events come from wire.py (the layout nhrpd parses); certificate
+  data is looked up once per event, from memory.
 - `list-sas` answers from the reconciled database (the daemon reconciles with
   pluto before this socket is bound): an empty list while pluto holds SAs
-  would leave nhrpd offline for good (nhrpd-loop.md gotcha 10).
+  would leave nhrpd offline for good (it asks only once, on connect).
 """
 from __future__ import annotations
 
@@ -24,82 +21,38 @@ import logging
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import __version__
-from .backlog import Backlog
-from .errors import LocalProtocolError, PlutoError, RemoteProtocolError
+from .backlog import Backlog, Pool
+from .bus import Control, Listen
+from .errors import ControlError, LocalProtocolError, RemoteProtocolError
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
-from .sadb import ChildSa, Event, IkeSa
+from .sa import Event, IkeSa
+from .sadb import SaDatabase
 from .unixsock import PeerCred, may_control, peer_cred
+from .wire import NO_CERTS, Certs, ike_message, vici_events
 
-if TYPE_CHECKING:
-    from .server import Daemon
-
-__all__ = ["ViciServer", "ike_message", "KNOWN_EVENTS"]
+__all__ = ["KNOWN_EVENTS", "ViciServer"]
 
 log = logging.getLogger("nhrpbridge.vici")
 KNOWN_EVENTS = frozenset({
     "ike-updown", "ike-rekey", "child-updown", "child-rekey", "child-state-installed",
     "child-state-rekeyed", "child-state-destroying", "list-sa", "control-log", "log",
 })
-CertLookup = Callable[[IkeSa], "tuple[bytes | None, bytes | None]"]
+CertLookup = Callable[[IkeSa], Certs]
 
-
-# ---- translation: SA database -> VICI message trees --------------------------------
-
-def _child_section(c: ChildSa, state: str | None = None) -> dict[str, Any]:
-    return {
-        "name": c.connection, "uniqueid": c.uniqueid, "reqid": c.reqid,
-        "state": state or c.state, "mode": c.mode, "protocol": c.protocol,
-        "spi-in": f"{c.spi_in:08x}", "spi-out": f"{c.spi_out:08x}",
-        "install-time": max(0, int(time.time() - c.installed)) if c.installed else 0,
-        "local-ts": [c.local_ts] if c.local_ts else [],
-        "remote-ts": [c.remote_ts] if c.remote_ts else [],
-    }
-
-
-def ike_message(ike: IkeSa, children: list[ChildSa], child_state: str | None = None,
-                certs: tuple[bytes | None, bytes | None] = (None, None),
-                up: bool | None = None) -> dict[str, Any]:
-    """`{<profile>: {IKE keys..., child-sas: {...}}}` in the order nhrpd needs."""
-    local = ike.local_host or next((c.local_host for c in children if c.local_host), "")
-    section: dict[str, Any] = {
-        "uniqueid": ike.uniqueid, "version": 2, "state": ike.state,
-        "local-host": local, "local-port": 500,
-        "local-id": ike.local_id or next((c.local_id for c in children if c.local_id), local),
-        "remote-host": ike.remote_host, "remote-port": ike.remote_port or 500,
-        "remote-id": ike.remote_id or ike.remote_host,
-    }
-    if ike.initiator is not None:
-        section["initiator"] = "yes" if ike.initiator else "no"
-    if ike.established:
-        section["established"] = max(0, int(time.time() - ike.established))
-    local_der, remote_der = certs
-    if local_der:
-        section["local-cert-data"] = local_der
-    if remote_der:
-        section["remote-cert-data"] = remote_der
-    section["child-sas"] = {f"{c.connection}-{c.uniqueid}": _child_section(c, child_state)
-                            for c in children}
-    msg: dict[str, Any] = {}
-    if up:
-        msg["up"] = "yes"
-    msg[ike.connection] = section
-    return msg
-
-
-# ---- the server ---------------------------------------------------------------
 
 class ViciConnection:
-    def __init__(self, server: "ViciServer", writer: asyncio.StreamWriter, cred: PeerCred):
+    def __init__(self, server: ViciServer, writer: asyncio.StreamWriter, cred: PeerCred):
         self.server = server
         self.writer = writer
         self.cred = cred
         self.decoder = Decoder()
         self.events: set[str] = set()
         self.queue: asyncio.Queue[Packet] = asyncio.Queue()
-        self.backlog = Backlog(writer.transport, self._drop)
+        self.backlog = Backlog(writer.transport, self._drop, server.pool)
         self.closed = False
 
     def send(self, packet: Packet | bytes) -> None:
@@ -152,7 +105,7 @@ class ViciConnection:
             if not self.closed:
                 try:
                     await asyncio.wait_for(self.queue.join(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             worker.cancel()
             self.close()
@@ -175,18 +128,31 @@ class ViciConnection:
 
 
 class ViciServer:
-    def __init__(self, daemon: "Daemon", cert_lookup: CertLookup | None = None):
-        self.daemon = daemon
-        self.connections: set[ViciConnection] = set()
+    """A sink (events to registered connections) and a listener.
+
+    Args:
+        cert_lookup: (local DER, remote DER) for an IKE SA, from memory; never blocks.
+        allowed_gids: the socket group may read; only these groups (and root, and our
+            own uid) may initiate/terminate.
+        clock: wall-clock seconds, for the ages VICI reports.
+    """
+
+    def __init__(self, db: SaDatabase, control: Control, listen: Listen, path: str, mode: int,
+                 group: str, allowed_gids: frozenset[int], cert_lookup: CertLookup | None = None,
+                 pool: Pool | None = None, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.control = control
+        self.listen = listen
+        self.path, self.mode, self.group = path, mode, group
+        self.allowed_gids = allowed_gids
         self.cert_lookup = cert_lookup
-        # the socket group may read; only control-groups (and root) may initiate/terminate
-        self.allowed_gids = daemon.allowed_gids
-        daemon.add_sink(self)
+        self.pool = pool
+        self.clock = clock
+        self.connections: set[ViciConnection] = set()
 
     async def start(self) -> None:
-        cfg = self.daemon.cfg
-        os.makedirs(os.path.dirname(cfg.vici_socket) or ".", exist_ok=True)
-        await self.daemon.serve_unix(cfg.vici_socket, cfg.vici_mode, cfg.vici_group, self._client)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        await self.listen(self.path, self.mode, self.group, self._client)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ViciConnection(self, writer, peer_cred(writer.get_extra_info("socket")))
@@ -197,15 +163,15 @@ class ViciServer:
         except asyncio.CancelledError:      # shutdown
             pass
 
-    def certs(self, ike: IkeSa) -> tuple[bytes | None, bytes | None]:
-        return self.cert_lookup(ike) if self.cert_lookup else (None, None)
+    def certs(self, ike: IkeSa) -> Certs:
+        return self.cert_lookup(ike) if self.cert_lookup else NO_CERTS
 
     # ---- events from the daemon
 
     def push_event(self, ev: Event) -> None:
-        if not self.connections:
+        if not self.connections or ev.ike_sa is None:
             return
-        for name, msg in self._translate(ev):
+        for name, msg in vici_events(ev, self.clock(), self.certs(ev.ike_sa)):
             targets = [c for c in self.connections if name in c.events]
             if targets:
                 try:
@@ -219,38 +185,13 @@ class ViciServer:
     def push_notice(self, msg: dict[str, Any]) -> None:
         pass
 
-    def _translate(self, ev: Event) -> list[tuple[str, dict[str, Any]]]:
-        ike = ev.ike_sa
-        if ike is None:
-            return []
-        if ev.child_sa is not None:
-            c = ev.child_sa
-            if ev.kind == "child-up":
-                return [("child-state-installed", ike_message(ike, [c], "INSTALLED", self.certs(ike))),
-                        ("child-updown", ike_message(ike, [c], "INSTALLED", self.certs(ike), up=True))]
-            if ev.kind == "child-rekeyed":
-                return [("child-state-rekeyed", ike_message(ike, [c], "REKEYED", self.certs(ike))),
-                        ("child-rekey", ike_message(ike, [c], "REKEYED", self.certs(ike)))]
-            if ev.kind == "child-down":
-                return [("child-state-destroying", ike_message(ike, [c], "DELETING", self.certs(ike))),
-                        ("child-updown", ike_message(ike, [c], "DELETING", self.certs(ike)))]
-            return []
-        if ev.kind == "ike-up":
-            return [("ike-updown", _without_children(ike_message(ike, [], certs=self.certs(ike), up=True)))]
-        if ev.kind == "ike-down":
-            return [("ike-updown", _without_children(ike_message(ike, [], certs=self.certs(ike))))]
-        if ev.kind == "ike-rekeyed":
-            section = _without_children(ike_message(ike, [], certs=self.certs(ike)))[ike.connection]
-            return [("ike-rekey", {ike.connection: {"old": section, "new": section}})]
-        return []
-
     # ---- requests
 
     async def handle(self, conn: ViciConnection, packet: Packet) -> None:
         t = packet.type
         if t == PacketType.EVENT_REGISTER:
             ok = packet.name in KNOWN_EVENTS
-            if ok:
+            if ok and packet.name is not None:
                 conn.events.add(packet.name)
             conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
         elif t == PacketType.EVENT_UNREGISTER:
@@ -273,7 +214,8 @@ class ViciServer:
                 "release": u.release, "machine": u.machine}
 
     async def cmd_list_sas(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
-        db = self.daemon.db
+        db = self.db
+        now = self.clock()
         want_ike = _text(msg.get("ike"))
         want_id = _int(msg.get("ike-id"))
         want_child = _text(msg.get("child"))
@@ -289,7 +231,8 @@ class ViciServer:
                     continue
             try:
                 data = encode_packet(Packet(PacketType.EVENT, "list-sa",
-                                            ike_message(ike, children, certs=self.certs(ike))))
+                                            ike_message(ike, children, now,
+                                                        certs=self.certs(ike))))
             except LocalProtocolError as exc:    # one SA that cannot be sent hides no other
                 log.warning("VICI list-sa: IKE SA %d (%s) skipped: %s", ike.uniqueid,
                             ike.remote_host, exc)
@@ -321,11 +264,11 @@ class ViciServer:
         shortcut = _text(msg.get("init-limits")) == "1"     # nhrpd: not an NHS registration
         self._control_log(conn, f"initiating {profile} to {remote}")
         try:
-            result = await self.daemon.initiate(
+            result = await self.control.initiate(
                 profile, remote, local,
                 None if asynchronous or timeout_ms == 0 else timeout_ms / 1000,
                 wait=not asynchronous, shortcut=shortcut)
-        except PlutoError as exc:
+        except ControlError as exc:
             self._control_log(conn, str(exc))
             log.warning("VICI initiate %s -> %s failed: %s", profile, remote, exc)
             return {"success": "no", "errmsg": str(exc)}
@@ -335,7 +278,7 @@ class ViciServer:
     async def cmd_terminate(self, conn: ViciConnection, msg: dict[str, Any]) -> dict[str, Any]:
         if (denied := self._may_control(conn, "terminate")) is not None:
             return {"success": "no", "errmsg": denied}
-        db = self.daemon.db
+        db = self.db
         ike_id = _int(msg.get("ike-id"))
         child_id = _int(msg.get("child-id"))
         name = _text(msg.get("ike")) or _text(msg.get("child"))
@@ -350,22 +293,15 @@ class ViciServer:
                 if ike is None:
                     return {"success": "no", "errmsg": f"no IKE_SA with id {ike_id}",
                             "matches": 0, "terminated": 0}
-                result = await self.daemon.terminate(ike.connection, None, ike_id)
+                result = await self.control.terminate(ike.connection, None, ike_id)
             elif name:
-                result = await self.daemon.terminate(name, None, None)
+                result = await self.control.terminate(name, None, None)
             else:
                 return {"success": "no", "errmsg": "terminate needs ike, child, ike-id or child-id"}
-        except PlutoError as exc:
+        except ControlError as exc:
             return {"success": "no", "errmsg": str(exc)}
         n = result.get("terminated", 0)
         return {"success": "yes", "matches": n, "terminated": n}
-
-
-def _without_children(msg: dict[str, Any]) -> dict[str, Any]:
-    for value in msg.values():
-        if isinstance(value, dict):
-            value.pop("child-sas", None)
-    return msg
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from nhrpbridge.replay import parse_updown_log_line, run_hook  # noqa: E402
+from nhrpbridge.replay import parse_updown_log_line, run_hook
 
 NB = [sys.executable, "-m", "nhrpbridge"]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from nhrpbridge.protocol.record import encode_record
+
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = ROOT / "hooks" / "nhrpbridge-updown"
 SAMPLES = ROOT / "samples"
@@ -51,7 +53,7 @@ class DaemonProc:
     def socket(self) -> str:
         return str(self.state_dir / "api.sock")
 
-    def start(self, wait: bool = True) -> "DaemonProc":
+    def start(self, wait: bool = True) -> DaemonProc:
         sock = Path(self.socket)
         if sock.exists():
             sock.unlink()
@@ -73,6 +75,17 @@ class DaemonProc:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@pytest.fixture
+def memd(sockdir):
+    """The assembled daemon in this process, clients over socketpair() (tests/memory.py)."""
+    from memory import MemoryDaemon
+
+    from nhrpbridge.config import Config
+    d = MemoryDaemon(Config.for_state_dir(sockdir / "state"))
+    yield d
+    d.stop()
 
 
 @pytest.fixture
@@ -104,14 +117,8 @@ def up_env(peer="198.51.100.11", spi_in="0xa102364e", spi_out="0x57e50fc", verb=
     return env
 
 
-def quote(value: str) -> str:
-    """Single-quote like dash's `export -p`."""
-    return "'" + value.replace("'", "'\"'\"'") + "'"
-
-
 def write_record(spool, seq: int, env: dict) -> str:
     """Write one record exactly as the hook would (dash quoting, end trailer)."""
     name = f"{1000000000000 + seq}-{os.getpid()}.rec"
-    body = "".join(f"export {k}={quote(v)}\n" for k, v in sorted(env.items()))
-    (Path(spool) / name).write_text(body + "# nhrpbridge-end\n")
+    (Path(spool) / name).write_bytes(encode_record(dict(sorted(env.items()))))
     return name

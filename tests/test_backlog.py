@@ -1,8 +1,7 @@
 """The drop rule for clients whose output piles up (backlog.py)."""
 import asyncio
 
-import nhrpbridge.backlog as backlog
-from nhrpbridge.backlog import HARD, SOFT, Backlog
+from nhrpbridge.backlog import HARD, SOFT, Backlog, Pool
 
 
 class StandInTransport:
@@ -19,11 +18,12 @@ class StandInTransport:
 
 
 def test_slow_reader_is_kept_stalled_one_dropped_hard_cap_at_once():
+    pool = Pool(stall=0.2)
+
     async def scenario():
-        backlog.STALL = 0.2
         dropped = []
         t = StandInTransport()
-        b = Backlog(t, dropped.append)
+        b = Backlog(t, dropped.append, pool)
         # a slow reader: past SOFT, but the kernel keeps taking some of each write
         for _ in range(20):
             t.pending += 1024 * 1024
@@ -37,20 +37,17 @@ def test_slow_reader_is_kept_stalled_one_dropped_hard_cap_at_once():
         assert dropped and "nothing read" in dropped[0]
         dropped.clear()
         t2 = StandInTransport()
-        b2 = Backlog(t2, dropped.append)
+        b2 = Backlog(t2, dropped.append, pool)
         t2.pending = HARD + 1
         b2.wrote(HARD + 1)
         assert dropped and "hard limit" in dropped[0]
         # a subscribe dump is allowed once on top of SOFT
         dropped.clear()
         t3 = StandInTransport()
-        b3 = Backlog(t3, dropped.append)
+        b3 = Backlog(t3, dropped.append, pool)
         b3.allowance = 20 * 1024 * 1024
         t3.pending = 25 * 1024 * 1024
         b3.wrote(25 * 1024 * 1024)
         await asyncio.sleep(0.4)
         assert dropped == []
-    try:
-        asyncio.run(scenario())
-    finally:
-        backlog.STALL = 5.0
+    asyncio.run(scenario())

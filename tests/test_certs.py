@@ -3,11 +3,10 @@ import shutil
 import subprocess
 
 import pytest
+from certgen import der, make_ca, make_cert, pem
 
 from nhrpbridge.certs import CertStore, cert_info, dn_of, format_dn, nss_cert_der, parse_dn
 from nhrpbridge.policy import decide
-
-from certgen import der, make_ca, make_cert, name, pem
 
 
 @pytest.fixture(scope="module")

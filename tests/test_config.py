@@ -1,14 +1,11 @@
 """check-config: every problem, with FILE:LINE: field: message, exit 1."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, SAMPLES
 
 from nhrpbridge.config import load_config
-from nhrpbridge.errors import ConfigError
-
-from conftest import ROOT, SAMPLES
 
 
 def check(tmp_path, text, name="nb.yaml"):

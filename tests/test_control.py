@@ -3,22 +3,19 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import DATA, DaemonProc, wait_until
 
 from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config, ConnConfig
 from nhrpbridge.control import PlutoController
-from nhrpbridge.errors import PlutoError
+from nhrpbridge.daemon import Daemon
+from nhrpbridge.errors import ControlError
 from nhrpbridge.pluto import Result, Whack
-from nhrpbridge.sadb import ChildUp
-from nhrpbridge.server import Daemon
-
-from conftest import DATA, DaemonProc, run_hook, up_env, wait_until
+from nhrpbridge.sa import ChildUp
 
 L, R = "198.51.100.11", "198.51.100.12"
 
@@ -50,12 +47,14 @@ class RecordingWhack:
         return [c for c in self.calls if word in c]
 
 
-def make(tmp_path, runner, **cfg):
+def make(tmp_path, runner, shortcut_yield=3.0, **cfg):
     c = replace(Config.for_state_dir(tmp_path / "s"), initiate_timeout=2.0, **cfg)
     d = Daemon(c)
     d.load_state()
-    ctl = PlutoController(d, Whack(), run=runner)
+    ctl = PlutoController(c, d.db, d.apply, d.extra_state, Whack(), run=runner,
+                          shortcut_yield=shortcut_yield)
     d.controller = ctl
+    d.bus.add_sink(ctl)
     return d, ctl
 
 
@@ -147,7 +146,7 @@ def test_per_peer_conn_added_once_reused_and_deleted_after_idle(tmp_path):
 
 
 def replace_down(d):
-    from nhrpbridge.sadb import ChildDown
+    from nhrpbridge.sa import ChildDown
     (c,) = d.db.child_sas.values()
     return ChildDown(c.conn_name, c.connection, c.local_host, c.remote_host, c.spi_in, c.spi_out)
 
@@ -155,7 +154,7 @@ def replace_down(d):
 def test_template_mode_uses_remote_host(tmp_path):
     runner = RecordingWhack()
     d, ctl = make(tmp_path, runner, connections={"dmvpn": ConnConfig("dmvpn", per_peer="no")})
-    with pytest.raises(PlutoError):                     # no SA comes: times out
+    with pytest.raises(ControlError):                     # no SA comes: times out
         asyncio.run(ctl.initiate("dmvpn", R, timeout=0.2))
     assert runner.named("--initiate") == [["ipsec", "whack", "--name", "dmvpn", "--remote-host",
                                            R, "--initiate", "--asynchronous"]]
@@ -164,7 +163,7 @@ def test_template_mode_uses_remote_host(tmp_path):
 def test_whack_failure_gives_a_clear_error(tmp_path):
     runner = RecordingWhack(rc={"--initiate": 21})
     d, ctl = make(tmp_path, runner)
-    with pytest.raises(PlutoError) as exc:
+    with pytest.raises(ControlError) as exc:
         asyncio.run(ctl.initiate("dmvpn", R))
     assert exc.value.code == "unknown-connection" and "rc 21" in str(exc.value)
     assert not ctl.inflight
@@ -197,7 +196,7 @@ def test_reconcile_pluto_restart_brings_every_link_down(tmp_path):
     runner.rc = {"--showstates": 33}
     runner.showstates = ""
     # rc 33 alone is not "not running": that needs pluto's words
-    with pytest.raises(PlutoError):
+    with pytest.raises(ControlError):
         asyncio.run(ctl.reconcile())
     assert len(d.db.links) == 2
 
@@ -258,7 +257,7 @@ def test_stand_in_ipsec_gets_argv_without_a_shell(sockdir):
 def test_per_peer_conn_forgotten_by_a_restarted_pluto_is_added_again(tmp_path):
     runner = RecordingWhack()
     d, ctl = make(tmp_path, runner)
-    ctl.per_peer["dmvpn-198-51-100-12"] = __import__("nhrpbridge.control").control.PerPeer("dmvpn", R)
+    ctl.per_peer.restore({"dmvpn-198-51-100-12": ["dmvpn", R]})
     first = [True]
 
     async def run(argv, timeout):
@@ -304,7 +303,7 @@ def test_transient_failure_is_retried_in_the_background(tmp_path):
 def test_permanent_failure_is_not_retried(tmp_path):
     runner = RecordingWhack(rc={"addconn": 3})
     d, ctl = make(tmp_path, runner)
-    with pytest.raises(PlutoError):
+    with pytest.raises(ControlError):
         asyncio.run(ctl.initiate("dmvpn", R, wait=False))
     assert len(runner.named("addconn")) == 1
 
@@ -346,17 +345,12 @@ def test_shortcut_higher_address_lets_the_peer_initiate(tmp_path):
     assert asyncio.run(ctl2.initiate("dmvpn", "198.51.100.20", local=L, wait=False,
                                      shortcut=True)) == {"result": "initiated"}
     runner3 = RecordingWhack()
-    d3, ctl3 = make(tmp_path / "c", runner3)
-    import nhrpbridge.control as control
-    control.SHORTCUT_YIELD = 0.5
+    d3, ctl3 = make(tmp_path / "c", runner3, shortcut_yield=0.5)
 
     async def lonely():
         await ctl3.initiate("dmvpn", "198.51.100.5", local=L, wait=False, shortcut=True)
         await asyncio.sleep(1.5)
-    try:
-        asyncio.run(lonely())
-    finally:
-        control.SHORTCUT_YIELD = 3.0
+    asyncio.run(lonely())
     assert len(runner3.named("--initiate")) == 1
 
 

@@ -10,20 +10,27 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DaemonProc, run_hook, up_env, wait_until, write_record
 
 from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config
-from nhrpbridge.server import Daemon
-
-from conftest import DaemonProc, run_hook, up_env, wait_until, write_record
+from nhrpbridge.daemon import Daemon
+from nhrpbridge.wire import dump
 
 
 def peer(i):
     return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
 
 
-def status(sock):
-    with ApiClient(sock) as c:
+def client(where, timeout=10.0):
+    """An API client: to a MemoryDaemon (socketpair) or a socket path."""
+    if isinstance(where, str):
+        return ApiClient(where, timeout=timeout)
+    return ApiClient(timeout=timeout, sock=where.connect())
+
+
+def status(where):
+    with client(where) as c:
         return c.request("list")
 
 
@@ -56,11 +63,11 @@ def test_crash_after_apply_before_checkpoint_loses_nothing(sockdir):
     for i in range(5):
         write_record(d.spool.path, i + 1, up_env(peer=peer(i + 1)))
     d.ingest_once()
-    expected = d.db.dump()
+    expected = dump(d.db)
     del d                                              # kill -9: nothing checkpointed
     d2 = _inproc(state)
     d2.ingest_once()
-    assert d2.db.dump() == expected and d2.db.seq == 15
+    assert dump(d2.db) == expected and d2.db.seq == 15
 
 
 def test_crash_after_checkpoint_before_delete_applies_nothing_twice(sockdir):
@@ -69,7 +76,7 @@ def test_crash_after_checkpoint_before_delete_applies_nothing_twice(sockdir):
     for i, env in enumerate([up_env(), up_env(verb="down-host"), up_env()]):
         write_record(d.spool.path, i + 1, env)
     d.ingest_once()
-    d.state.save(d.db.to_state_json(), d._pending)    # persisted, records not yet unlinked
+    d.state.save(d.db.to_state_json(), d.ingest.pending)    # persisted, records not yet unlinked
     assert len(list(d.spool.path.glob("*.rec"))) == 3
     seq = d.db.seq
     d2 = _inproc(state)                                # restart
@@ -132,10 +139,13 @@ def test_kill9_during_a_storm_then_restart_state_equals_applied_records(daemon):
 
 # ---- the API -------------------------------------------------------------------
 
-def raw(sock_path):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
-    s.connect(sock_path)
+def raw(where):
+    if isinstance(where, str):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(where)
+    else:
+        s = where.connect()
     return s, s.makefile("rb")
 
 
@@ -143,9 +153,9 @@ def read_json(f):
     return json.loads(f.readline())
 
 
-def test_hello_and_versions(daemon):
-    daemon.start()
-    with ApiClient(daemon.socket) as c:
+def test_hello_and_versions(memd):
+    memd.start()
+    with client(memd) as c:
         r = c.request("hello", version=1)
         assert r["type"] == "hello" and r["version"] == 1 and "subscribe" in r["capabilities"]
         assert r["server"].startswith("nhrpbridge ")
@@ -154,9 +164,9 @@ def test_hello_and_versions(daemon):
         assert r["supported"] == [1]
 
 
-def test_bad_input_gets_errors_and_keeps_the_connection(daemon):
-    daemon.start()
-    s, f = raw(daemon.socket)
+def test_bad_input_gets_errors_and_keeps_the_connection(memd):
+    memd.start()
+    s, f = raw(memd)
     s.sendall(b"{not json\n")
     assert read_json(f)["error"]["code"] == "invalid-json"
     s.sendall(b"[1,2]\n")
@@ -175,9 +185,9 @@ def test_bad_input_gets_errors_and_keeps_the_connection(daemon):
     assert read_json(f)["error"]["code"] == "bad-request"
 
 
-def test_oversized_line_is_refused_and_closes(daemon):
-    daemon.start()
-    s, f = raw(daemon.socket)
+def test_oversized_line_is_refused_and_closes(memd):
+    memd.start()
+    s, f = raw(memd)
     try:
         s.sendall(b'{"op":"list","pad":"' + b"x" * (1024 * 1024 + 10))
     except (BrokenPipeError, ConnectionResetError):
@@ -185,12 +195,12 @@ def test_oversized_line_is_refused_and_closes(daemon):
     r = read_json(f)
     assert r["error"]["code"] == "line-too-long"
     assert f.readline() == b""                          # closed
-    assert status(daemon.socket)["ok"]                  # daemon fine
+    assert status(memd)["ok"]                           # daemon fine
 
 
-def test_subscribe_during_burst_every_seq_exactly_once(daemon):
-    spool = daemon.state_dir / "spool"
-    daemon.start()
+def test_subscribe_during_burst_every_seq_exactly_once(memd):
+    spool = memd.state_dir / "spool"
+    memd.start()
     total = 600  # records; each new peer gives 3 events
 
     def writer():
@@ -200,10 +210,10 @@ def test_subscribe_during_burst_every_seq_exactly_once(daemon):
 
     t = threading.Thread(target=writer)
     t.start()
-    wait_until(lambda: status(daemon.socket)["seq"] > 30, what="burst under way")
+    wait_until(lambda: status(memd)["seq"] > 30, what="burst under way")
     seen_dump, stream = [], []
     synced = None
-    with ApiClient(daemon.socket, timeout=30) as c:
+    with client(memd, timeout=30) as c:
         c.send({"op": "subscribe", "id": 1})
         for msg in c.messages():
             if msg["type"] == "reply":

@@ -4,16 +4,15 @@ import errno
 import json
 import logging
 import os
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
+from test_control import RecordingWhack, make
 
 from nhrpbridge.errors import PlutoError
 from nhrpbridge.pluto import check_ip
-
-from test_control import RecordingWhack, make
+from nhrpbridge.wire import dump
 
 
 @pytest.mark.parametrize("addr", ["fe80::1%eth0", "fe80::1%a\nconn evil\n\tleftupdown=/tmp/x",
@@ -38,11 +37,11 @@ def test_scope_id_never_reaches_peers_conf(tmp_path):
 
 # ---- the state file: full disk, newer versions, damage --------------------------
 
-from nhrpbridge.config import Config
-from nhrpbridge.errors import StateError
-from nhrpbridge.server import Daemon
-
 from conftest import up_env, write_record
+
+from nhrpbridge.config import Config
+from nhrpbridge.daemon import Daemon
+from nhrpbridge.errors import StateError
 
 
 def _daemon(state_dir):
@@ -76,7 +75,7 @@ def test_short_writes_still_write_the_whole_state_file(tmp_path):
     d.state.write = FullDisk(10**9)           # every write short (100 bytes), none failing
     assert d.checkpoint()
     assert json.loads((tmp_path / "s" / "state.json").read_text())["db"]
-    assert _daemon(tmp_path / "s").db.dump() == d.db.dump()
+    assert dump(_daemon(tmp_path / "s").db) == dump(d.db)
 
 
 def test_full_disk_keeps_the_old_state_file_and_every_record(tmp_path):
@@ -87,7 +86,7 @@ def test_full_disk_keeps_the_old_state_file_and_every_record(tmp_path):
     good = (tmp_path / "s" / "state.json").read_bytes()
     name = write_record(d.spool.path, 2, up_env(peer=_peer(2), spi_in="0x10", spi_out="0x11"))
     d.ingest_once()
-    expected = d.db.dump()
+    expected = dump(d.db)
     d.state.write = FullDisk(50)
     assert not d.checkpoint()
     assert (tmp_path / "s" / "state.json").read_bytes() == good
@@ -96,7 +95,7 @@ def test_full_disk_keeps_the_old_state_file_and_every_record(tmp_path):
     # the next start applies what the failed checkpoint did not save
     again = _daemon(tmp_path / "s")
     again.ingest_once()
-    assert again.db.dump() == expected
+    assert dump(again.db) == expected
 
 
 def test_state_from_a_newer_version_is_refused_and_left_alone(tmp_path):
@@ -149,7 +148,8 @@ def test_every_damaged_copy_is_kept(tmp_path):
 
 import time
 
-from nhrpbridge.sadb import ChildUp, Reconcile, SaDatabase
+from nhrpbridge.sa import ChildUp, Reconcile
+from nhrpbridge.sadb import SaDatabase
 
 
 def test_incomplete_record_with_a_future_mtime_does_not_block_the_spool(tmp_path):
@@ -206,9 +206,9 @@ def test_a_hostile_record_is_set_aside_and_nothing_else_changes(tmp_path, caplog
 
 # ---- the spool: who may write it, and files that are not records --------------------
 
-from nhrpbridge.errors import SpoolError
-
 from conftest import run_hook
+
+from nhrpbridge.errors import SpoolError
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: chown to a second uid")
 
@@ -298,7 +298,9 @@ def test_second_daemon_on_the_same_state_dir_touches_nothing(tmp_path):
 
 def test_socket_with_a_full_backlog_is_not_taken_over(tmp_path):
     import socket as so
-    from nhrpbridge.unixsock import SocketInUse, bind_unix
+
+    from nhrpbridge.errors import SocketInUse
+    from nhrpbridge.unixsock import bind_unix
     path = str(tmp_path / "live.sock")
     live = so.socket(so.AF_UNIX, so.SOCK_STREAM)
     live.bind(path)
@@ -325,10 +327,10 @@ def test_socket_with_a_full_backlog_is_not_taken_over(tmp_path):
 import signal
 
 from certgen import der, make_ca, make_cert
+from conftest import DaemonProc, wait_until
+
 from nhrpbridge.authorize import Authorizer
 from nhrpbridge.certs import CertStore
-
-from conftest import DaemonProc, wait_until
 
 
 def test_sighup_does_not_kill_the_daemon_and_reloads_the_store(tmp_path):
@@ -351,6 +353,7 @@ def _duplicate_extension_cert() -> bytes:
     """A certificate with two subjectAltName extensions: issuerAltName's OID bytes
     (2.5.29.18) patched to subjectAltName's (2.5.29.17); same length, DER stays valid."""
     import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     ca_key, ca_cert = make_ca()
@@ -387,7 +390,7 @@ def test_certutil_never_runs_on_the_event_loop(tmp_path, monkeypatch):
                         f"i=$((i+1)); done\ncat {tmp_path / 'me.der'}\ntouch {done}\n")
     certutil.chmod(0o755)
     d = _daemon(tmp_path / "s")
-    auth = Authorizer(d, None, None, str(tmp_path / "nss"), "me")
+    auth = Authorizer(d.cfg.connections, d.db, d.bus, None, None, str(tmp_path / "nss"), "me")
     monkeypatch.setenv("PATH", f"{certutil.parent}:{os.environ['PATH']}")
 
     async def scenario():
@@ -483,11 +486,12 @@ def _child(peer, spi, remote_id):
 
 def test_oversized_sa_is_skipped_in_list_sas_and_events_go_on(tmp_path):
     d = _daemon(tmp_path / "s")
-    vici = ViciServer(d)                                       # registers itself as a sink
+    vici = ViciServer(d.db, d, d.listen, str(tmp_path / "vici"), 0o660, "", frozenset())
+    d.bus.add_sink(vici)
     listener = _Collect({"child-updown", "list-sa"})
     vici.connections.add(listener)
     api = _Collect()
-    d.add_sink(api)
+    d.bus.add_sink(api)
     d.apply(_child("198.51.100.11", 0x10, "@spoke1"))
     d.apply(_child("198.51.100.12", 0x20, "x" * 70000))     # over VICI's 64 KiB per value
     d.apply(_child("198.51.100.13", 0x30, "@spoke3"))
@@ -523,7 +527,8 @@ def test_syslog_lines_never_create_an_sa_that_authorization_accepts(tmp_path):
     d = _daemon(tmp_path / "s")
     d.apply_log_lines([FORGED_IKE, FORGED_CHILD], trusted=True)      # even in a root-only file
     assert not d.db.ike_sas and not d.db.child_sas and not d.db.links
-    decision = d.authorizer.authorize("dmvpn", "198.51.100.66", "203.0.113.11")
+    decision = Authorizer(d.cfg.connections, d.db, d.bus).authorize(
+        "dmvpn", "198.51.100.66", "203.0.113.11")
     assert decision["decision"] == "reject"
 
 
@@ -581,7 +586,7 @@ def test_journal_follower_skips_forged_entries(tmp_path):
                 "__CURSOR": "c1"},
                {"MESSAGE": "real", "_UID": "0", "_COMM": "pluto", "__CURSOR": "c2"}]
     fake.write_text("#!/bin/sh\n" + "".join(f"echo '{json.dumps(e)}'\n" for e in entries)
-                    + "sleep 30\n")
+                    + "exec sleep 30\n")
     fake.chmod(0o755)
     got = []
     jf = JournalFollower(str(fake))
@@ -600,11 +605,10 @@ def test_journal_follower_skips_forged_entries(tmp_path):
 
 # ---- descriptors and memory: connection limits, one pool for all clients -------------
 
-from nhrpbridge import server as server_mod
-from nhrpbridge.backlog import Pool, SOFT, Backlog
-
 from test_backlog import StandInTransport
 
+from nhrpbridge.backlog import SOFT, Backlog, Pool
+from nhrpbridge.listen import MAX_CLIENTS_PER_UID
 
 FLOOD = """
 import socket, sys
@@ -631,7 +635,7 @@ def test_idle_connections_are_limited_per_uid():
     tmp_path.chmod(0o755)
     d = DaemonProc(tmp_path / "s").start()
     try:
-        limit = server_mod.MAX_CLIENTS_PER_UID
+        limit = MAX_CLIENTS_PER_UID
         argv = [os.sys.executable, "-c", FLOOD, d.socket, str(limit + 5)]
         if os.geteuid() == 0:                  # root is bound by the total only: use nobody
             os.chmod(d.socket, 0o666)

@@ -4,10 +4,9 @@ import shutil
 import time
 
 import pytest
-
-from nhrpbridge.protocol.exportp import decode_record
-
 from conftest import HOOK, run_hook, up_env
+
+from nhrpbridge.protocol.record import decode_record
 
 
 def records(spool):
@@ -84,7 +83,7 @@ def test_unwritable_spool_never_fails_pluto(tmp_path, problem):
     if problem in ("full", "readonly"):
         if not _can_mount():
             pytest.skip("needs root and mount namespaces")
-        r = _hook_on_mounted_spool(tmp_path, problem == "readonly" and "ro" or "")
+        r = _hook_on_mounted_spool(tmp_path, (problem == "readonly" and "ro") or "")
     else:
         if problem == "not-a-dir":
             spool.write_text("")

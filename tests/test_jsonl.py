@@ -1,6 +1,7 @@
 """The JSON-lines codec: golden bytes both ways, limits, hypothesis round trips."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nhrpbridge.errors import LocalProtocolError, RemoteProtocolError
 from nhrpbridge.protocol import jsonl

@@ -2,13 +2,12 @@
 import asyncio
 import json
 import os
-import sys
 import time
+
+from conftest import SAMPLES, DaemonProc, wait_until
 
 from nhrpbridge.client import ApiClient
 from nhrpbridge.sources.logfollow import FileFollower, JournalFollower
-
-from conftest import DaemonProc, SAMPLES, wait_until
 
 
 def test_starts_at_end_without_position_then_follows(tmp_path):
@@ -168,7 +167,7 @@ def test_journald_backend_with_a_stand_in_journalctl(tmp_path):
     ]
     out = "\n".join(e if isinstance(e, str) else json.dumps(e) for e in entries)
     stand_in = tmp_path / "journalctl"
-    stand_in.write_text(f"#!/bin/sh\necho \"$@\" > {argv_file}\ncat <<'EOF'\n{out}\nEOF\nsleep 30\n")
+    stand_in.write_text(f"#!/bin/sh\necho \"$@\" > {argv_file}\ncat <<'EOF'\n{out}\nEOF\nexec sleep 30\n")
     stand_in.chmod(0o755)
     got = []
 

@@ -1,16 +1,13 @@
 """nhrpd's event socket: authorize-binding in nhrpd's exact format, faults, concurrency."""
-import json
 import socket
-import threading
 import time
 
 import pytest
-
-from nhrpbridge.client import ApiClient
-from nhrpbridge.protocol.nhrpevent import Decoder, encode_reply
-
 from certgen import der, make_ca, make_cert, pem
 from conftest import DaemonProc, run_hook, up_env, wait_until
+
+from nhrpbridge.client import ApiClient
+from nhrpbridge.protocol.nhrpevent import Decoder
 
 SPOKE1 = "C=XX, O=DMVPN Lab, CN=spoke1.dmvpn.example"
 SPOKE3 = "C=XX, O=DMVPN Lab, CN=spoke3.dmvpn.example"
@@ -156,7 +153,9 @@ def test_api_authorize_dry_run_and_cli(hub):
         r = c.request("authorize", connection="dmvpn", **{"remote-nbma": "198.51.100.11",
                                                            "gre-address": "203.0.113.12"})
         assert r["decision"] == "reject"
-    import subprocess, sys
+    import subprocess
+    import sys
+
     from conftest import ROOT
     out = subprocess.run([sys.executable, "-m", "nhrpbridge", "authorize", "--state-dir",
                           str(hub.state_dir), "dmvpn", "198.51.100.11", "203.0.113.12"],

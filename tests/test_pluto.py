@@ -1,18 +1,24 @@
 """whack output parsers (golden 4.x/5.x text) and argv builders."""
 import pytest
-
-from nhrpbridge.errors import PlutoError
-from nhrpbridge.pluto import (Result, Whack, error_for, parse_showstates, parse_trafficstatus,
-                              parse_version, pluto_view)
-from nhrpbridge.sadb import SaDatabase
-
 from conftest import DATA
+
+from nhrpbridge.errors import ControlError
+from nhrpbridge.pluto import (
+    Result,
+    Whack,
+    error_for,
+    parse_showstates,
+    parse_trafficstatus,
+    parse_version,
+    pluto_view,
+)
+from nhrpbridge.sadb import SaDatabase
 
 
 def test_version():
     assert parse_version("Libreswan 4.10\n") == (4, 10)
     assert parse_version("Libreswan U5.2/K6.1.0\n") == (5, 2)
-    with pytest.raises(PlutoError):
+    with pytest.raises(ControlError):
         parse_version("strongSwan 5.9")
 
 
@@ -67,14 +73,14 @@ def test_terminate_argv_4x_vs_5x():
 @pytest.mark.parametrize("name", ["x; touch /tmp/p", "$(id)", "-dmvpn", "--name", "", "a b",
                                   "x" * 65, "dmvpn\n", "`id`"])
 def test_hostile_connection_names_are_rejected(name):
-    with pytest.raises(PlutoError) as exc:
+    with pytest.raises(ControlError) as exc:
         Whack().initiate(name)
     assert exc.value.code == "bad-request"
 
 
 @pytest.mark.parametrize("addr", ["1.2.3.4; id", "$(id)", "-1", "999.1.1.1", "host.example"])
 def test_hostile_addresses_are_rejected(addr):
-    with pytest.raises(PlutoError):
+    with pytest.raises(ControlError):
         Whack().initiate("dmvpn", addr)
 
 

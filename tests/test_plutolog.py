@@ -1,15 +1,15 @@
 """Pluto log parsing: each event kind in libreswan 4.x and 5.x wording."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import SAMPLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nhrpbridge.loginterp import LogInterpreter
 from nhrpbridge.plutolog import Notice, parse_line
-from nhrpbridge.sadb import (ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp,
-                             SaDatabase)
 from nhrpbridge.replay import parse_updown_log_line
+from nhrpbridge.sa import ChildDown, ChildUp, IkeDown, IkeUp
+from nhrpbridge.sadb import SaDatabase
 from nhrpbridge.updown import parse_updown_env
-
-from conftest import SAMPLES
 
 CERT4 = ("\"dmvpn\"[1] 192.0.2.11 #1: responder established IKE SA; authenticated peer "
          "'2048-bit RSASSA-PSS with SHA2_512' digital signature using peer certificate "

@@ -6,10 +6,11 @@ keys, an initiation timeout announced as a liveness failure, 5.x's revival line 
 """
 import pytest
 
-from nhrpbridge.pluto import parse_showstates, parse_trafficstatus
 from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.pluto import parse_showstates, parse_trafficstatus
 from nhrpbridge.plutolog import Notice, parse_line
-from nhrpbridge.sadb import ChildDown, ChildUp, IkeUp, SaDatabase
+from nhrpbridge.sa import ChildDown, ChildUp, IkeUp
+from nhrpbridge.sadb import SaDatabase
 from nhrpbridge.updown import parse_updown_env
 
 V6 = "2001:db8:1:2::23"

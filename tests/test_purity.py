@@ -2,11 +2,9 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-from conftest import ROOT, up_env
+from conftest import ROOT
 
 PURE = sorted((ROOT / "nhrpbridge" / "protocol").glob("*.py")) + [ROOT / "nhrpbridge" / "sadb.py"]
 FORBIDDEN = {"asyncio", "socket", "os", "subprocess", "logging", "time", "select", "threading"}
@@ -26,7 +24,7 @@ def test_pure_modules_import_no_io(path):
 
 
 def test_package_import_pulls_no_third_party_module():
-    code = ("import sys, nhrpbridge, nhrpbridge.protocol.exportp, nhrpbridge.sadb, "
+    code = ("import sys, nhrpbridge, nhrpbridge.protocol.record, nhrpbridge.sadb, "
             "nhrpbridge.updown, nhrpbridge.client;"
             "bad=[m for m in ('yaml','jinja2','cryptography','watchdog') if m in sys.modules];"
             "print(bad)")

@@ -5,15 +5,13 @@ import shutil
 import subprocess
 import sys
 import venv
-from pathlib import Path
 
 import pytest
+from conftest import DATA, ROOT, SAMPLES
 
 from nhrpbridge.config import load_config
 from nhrpbridge.errors import RenderError
 from nhrpbridge.render import check_ipsec, render_frr, render_ipsec, render_peers
-
-from conftest import DATA, ROOT, SAMPLES
 
 SAMPLE_FILES = ["hub.yaml", "spoke.yaml", "hub-psk.yaml", "spoke-psk.yaml"]
 HAVE_IPSEC = shutil.which("ipsec") is not None

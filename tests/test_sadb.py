@@ -1,13 +1,14 @@
 """SA database rules: last child, idempotence, incomplete hook view, persistence."""
 import json
 
-from hypothesis import given, settings, strategies as st
-
-from nhrpbridge.sadb import (ChildDown, ChildUp, IkeDown, IkeUp, Reconcile, SaDatabase,
-                             Unroute, event_dict)
-from nhrpbridge.updown import parse_updown_env, profile_of
-
 from conftest import up_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nhrpbridge.sa import ChildDown, ChildUp, IkeDown, IkeUp, Reconcile, Unroute
+from nhrpbridge.sadb import SaDatabase
+from nhrpbridge.updown import parse_updown_env, profile_of
+from nhrpbridge.wire import dump, event_dict
 
 L, R = "198.51.100.1", "198.51.100.11"
 
@@ -44,7 +45,7 @@ def test_same_child_reported_twice_emits_once():
 
 
 def test_down_with_spis_never_announced_changes_nothing():
-    # nhrpd-loop.md gotcha 4: pluto ran down-host with the SPIs of a duplicate child
+    # seen in the lab: pluto ran down-host with the SPIs of a duplicate child
     db = SaDatabase()
     db.apply(up(1), 1)
     assert db.apply(down(99), 2) == []
@@ -118,7 +119,7 @@ def test_state_round_trip_keeps_ids_and_links():
     db.apply(up(1), 1)
     db.apply(up(2), 1)
     restored = SaDatabase.from_state(json.loads(json.dumps(db.to_state())))
-    assert restored.dump() == db.dump() and restored.seq == db.seq
+    assert dump(restored) == dump(db) and restored.seq == db.seq
     assert kinds(restored.apply(up(3, remote="198.51.100.12"), 2))[0] == "ike-up"
     assert max(restored.ike_sas) == 2
 

@@ -6,15 +6,15 @@ pluto.log, the updown environments (as the hook records them) and whack's
 record path: one clean event sequence, the right peer, SPIs and ports on every SA.
 """
 import pytest
-
-from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
-from nhrpbridge.loginterp import LogInterpreter
-from nhrpbridge.plutolog import Notice, parse_line
-from nhrpbridge.protocol.exportp import TRAILER, decode_record
-from nhrpbridge.sadb import ChildDown, ChildUp, IkeUp, SaDatabase
-from nhrpbridge.updown import parse_updown_env
-
 from conftest import SAMPLES
+
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
+from nhrpbridge.plutolog import Notice, parse_line
+from nhrpbridge.protocol.record import TRAILER, decode_record
+from nhrpbridge.sa import ChildDown, ChildUp, IkeUp
+from nhrpbridge.sadb import SaDatabase
+from nhrpbridge.updown import parse_updown_env
 
 S52 = SAMPLES / "lab" / "libreswan-5.2"
 SPOKES = {"198.51.100.11": "spoke1", "198.51.100.12": "spoke2", "198.51.100.13": "spoke3"}

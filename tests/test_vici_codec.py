@@ -1,10 +1,19 @@
 """VICI codec: byte-exact vectors both ways, limits, hypothesis round trips and fuzz."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nhrpbridge.errors import LocalProtocolError, RemoteProtocolError
-from nhrpbridge.protocol.vici import (MAX_SEGMENT, Decoder, Packet, PacketType, decode_message,
-                                      decode_packet, encode_message, encode_packet)
+from nhrpbridge.protocol.vici import (
+    MAX_SEGMENT,
+    Decoder,
+    Packet,
+    PacketType,
+    decode_message,
+    decode_packet,
+    encode_message,
+    encode_packet,
+)
 
 # the VICI README's own example
 README_MSG = {"key1": b"value1", "section1": {"sub-section": {"key2": b"value2"},
@@ -13,7 +22,7 @@ README_BYTES = bytes.fromhex(
     "03046b657931000676616c756531010873656374696f6e31010b7375622d73656374696f6e03046b657932"
     "000676616c7565320204056c697374310500056974656d310500056974656d320602")
 
-# nhrpd's connect sequence, captured from FRR 8.4.4 (vici-nhrpd.md §2.2, nhrpd-loop.md §4)
+# nhrpd's connect sequence, captured from FRR 8.4.4
 NHRPD_CONNECT = [
     (bytes.fromhex("0000001703156368696c642d73746174652d696e7374616c6c6564"),
      Packet(PacketType.EVENT_REGISTER, "child-state-installed")),

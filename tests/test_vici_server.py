@@ -13,17 +13,38 @@ import pytest
 
 vici = pytest.importorskip("vici")
 
-from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
+from dataclasses import replace
 
 from conftest import DATA, DaemonProc, run_hook, up_env, wait_until
+from memory import MemoryDaemon
 from test_vici_codec import NHRPD_CONNECT
+
+from nhrpbridge.assemble import Options
+from nhrpbridge.config import Config
+from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
 
 
 @pytest.fixture
-def vdaemon(sockdir):
+def vdaemon(sockdir, monkeypatch):
+    """The assembled daemon in memory (tests/memory.py) with the whack stand-in."""
     standin = sockdir / "standin"
     standin.mkdir()
-    os.environ["STANDIN_DIR"] = str(standin)
+    monkeypatch.setenv("STANDIN_DIR", str(standin))
+    cfg = replace(Config.for_state_dir(sockdir / "state"), vici_socket=str(sockdir / "charon.vici"),
+                  ipsec=str(DATA / "ipsec-stand-in"))
+    d = MemoryDaemon(cfg, Options(pluto=True)).start()
+    d.vici = cfg.vici_socket
+    d.standin = standin
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def pdaemon(sockdir, monkeypatch):
+    """A real `nhrpbridge serve` process: for swanctl (a path) and for kill -9."""
+    standin = sockdir / "standin"
+    standin.mkdir()
+    monkeypatch.setenv("STANDIN_DIR", str(standin))
     d = DaemonProc(sockdir / "state", "--vici-socket", str(sockdir / "charon.vici"),
                    "--ipsec", str(DATA / "ipsec-stand-in"), pluto=True)
     d.vici = str(sockdir / "charon.vici")
@@ -32,16 +53,22 @@ def vdaemon(sockdir):
     wait_until(lambda: os.path.exists(d.vici), what="vici socket")
     yield d
     d.kill9()
-    os.environ.pop("STANDIN_DIR", None)
     if d.log.exists():
         print("---- daemon log (tail) ----\n" + "\n".join(d.log.read_text().splitlines()[-30:]))
 
 
-def session(path):
+def connect(where):
+    """A connected client socket: to a MemoryDaemon's VICI front-end, or to a path."""
+    if isinstance(where, MemoryDaemon):
+        return where.connect(where.vici)
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
-    s.connect(path)
-    return vici.Session(s)
+    s.connect(where)
+    return s
+
+
+def session(where):
+    return vici.Session(connect(where))
 
 
 def hub_up(d, n=2):
@@ -52,10 +79,10 @@ def hub_up(d, n=2):
 
 def test_version_and_list_sas_with_the_official_client(vdaemon):
     hub_up(vdaemon)
-    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
-    v = session(vdaemon.vici).version()
+    wait_until(lambda: len(list(session(vdaemon).list_sas())) == 2, what="2 SAs")
+    v = session(vdaemon).version()
     assert v["daemon"] == b"nhrpbridge"
-    sas = list(session(vdaemon.vici).list_sas())
+    sas = list(session(vdaemon).list_sas())
     (name, ike), = sas[0].items()
     assert name == "dmvpn"
     keys = list(ike)
@@ -64,13 +91,13 @@ def test_version_and_list_sas_with_the_official_client(vdaemon):
     (child,) = ike["child-sas"].values()
     assert child["state"] == b"INSTALLED" and int(child["uniqueid"]) > 0
     assert child["spi-in"] == b"00000200" and child["spi-out"] == b"00000100"
-    only = list(session(vdaemon.vici).list_sas({"ike-id": ike["uniqueid"].decode()}))
+    only = list(session(vdaemon).list_sas({"ike-id": ike["uniqueid"].decode()}))
     assert len(only) == 1
-    assert list(session(vdaemon.vici).list_sas({"ike": "other"})) == []
+    assert list(session(vdaemon).list_sas({"ike": "other"})) == []
 
 
 def test_listen_sees_child_state_installed_when_a_hook_record_arrives(vdaemon):
-    s = session(vdaemon.vici)
+    s = session(vdaemon)
     got = []
 
     def listen():
@@ -97,10 +124,8 @@ def test_listen_sees_child_state_installed_when_a_hook_record_arrives(vdaemon):
 
 def test_nhrpd_connect_sequence_gets_4_confirms_list_sa_events_then_empty_response(vdaemon):
     hub_up(vdaemon)
-    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
-    s.connect(vdaemon.vici)
+    wait_until(lambda: len(list(session(vdaemon).list_sas())) == 2, what="2 SAs")
+    s = connect(vdaemon)
     s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))    # back to back, as nhrpd does
     d = Decoder()
     got = []
@@ -115,9 +140,7 @@ def test_nhrpd_connect_sequence_gets_4_confirms_list_sa_events_then_empty_respon
 
 
 def test_unknown_events_and_commands(vdaemon):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
-    s.connect(vdaemon.vici)
+    s = connect(vdaemon)
     s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, "no-such-event"))
               + encode_packet(Packet(PacketType.EVENT_UNREGISTER, "list-sa"))
               + encode_packet(Packet(PacketType.CMD_REQUEST, "load-conn", {"x": b"1"})))
@@ -132,7 +155,7 @@ def test_unknown_events_and_commands(vdaemon):
 
 def test_initiate_and_terminate_map_to_whack(vdaemon):
     """Recording STAND-IN for `ipsec`: checks the argv nhrpd's requests turn into."""
-    s = session(vdaemon.vici)
+    s = session(vdaemon)
     # nhrpd's exact request: async, answered once whack accepted it
     r = s.request("initiate", {"child": "dmvpn", "timeout": "-1", "async": "1",
                                "init-limits": "0", "my-host": "198.51.100.11",
@@ -141,7 +164,7 @@ def test_initiate_and_terminate_map_to_whack(vdaemon):
     calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
     assert ["whack", "--name", "dmvpn-198-51-100-1", "--initiate", "--asynchronous"] in calls
     # the official client's streamed initiate (control-log registered first)
-    logs = list(session(vdaemon.vici).initiate({"child": "dmvpn", "other-host": "198.51.100.2",
+    logs = list(session(vdaemon).initiate({"child": "dmvpn", "other-host": "198.51.100.2",
                                                 "timeout": "-1"}))
     assert any(b"initiating dmvpn to 198.51.100.2" in l.get("msg", b"") for l in logs)
     # whack fails -> success=no with errmsg, the only thing nhrpd logs
@@ -152,8 +175,8 @@ def test_initiate_and_terminate_map_to_whack(vdaemon):
         s.request("initiate", {"child": "dmvpn"})     # no other-host: cannot be per peer
     (vdaemon.standin / "rcinitiate").unlink()
     hub_up(vdaemon, 1)
-    wait_until(lambda: list(session(vdaemon.vici).list_sas()), what="SA")
-    (sa,) = list(session(vdaemon.vici).list_sas())
+    wait_until(lambda: list(session(vdaemon).list_sas()), what="SA")
+    (sa,) = list(session(vdaemon).list_sas())
     ike_id = sa["dmvpn"]["uniqueid"].decode()
     (vdaemon.standin / "showstates.txt").write_text(
         '000 #7: "dmvpn"[1] 198.51.100.11:500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); idle;\n'
@@ -162,48 +185,46 @@ def test_initiate_and_terminate_map_to_whack(vdaemon):
     (vdaemon.standin / "trafficstatus.txt").write_text(
         "006 #8: \"dmvpn\"[1] 198.51.100.11, type=ESP, add_time=1, inBytes=0, outBytes=0, "
         "maxBytes=2^63B, id='@spoke1'\n")
-    r = session(vdaemon.vici).request("terminate", {"ike-id": ike_id})
+    r = session(vdaemon).request("terminate", {"ike-id": ike_id})
     assert r["success"] == b"yes"
     calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
     assert ["whack", "--deletestate", "7"] in calls          # ike-id -> pluto serial
-    r = session(vdaemon.vici).request("terminate", {"ike": "dmvpn"})
+    r = session(vdaemon).request("terminate", {"ike": "dmvpn"})
     assert r["success"] == b"yes"
     calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
     assert ["whack", "--name", "dmvpn", "--terminate"] in calls
 
 
 @pytest.mark.skipif(not shutil.which("swanctl"), reason="strongswan-swanctl not installed")
-def test_swanctl_lists_our_sas(vdaemon):
-    hub_up(vdaemon)
-    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 2, what="2 SAs")
-    out = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{vdaemon.vici}"],
+def test_swanctl_lists_our_sas(pdaemon):
+    hub_up(pdaemon)
+    wait_until(lambda: len(list(session(pdaemon.vici).list_sas())) == 2, what="2 SAs")
+    out = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{pdaemon.vici}"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "remote '@spoke1' @ 198.51.100.11[500]" in out.stdout
     assert "INSTALLED, TRANSPORT, ESP" in out.stdout and "out 00000101" in out.stdout
 
 
-def test_list_sas_after_restart_already_lists_the_sas(vdaemon):
+def test_list_sas_after_restart_already_lists_the_sas(pdaemon):
     """gotcha 10: a bridge restarted with its state lost while pluto holds SAs."""
-    (vdaemon.standin / "showstates.txt").write_text((DATA / "showstates-4.10.txt").read_text())
-    (vdaemon.standin / "trafficstatus.txt").write_text((DATA / "trafficstatus-4.10.txt").read_text())
-    vdaemon.kill9()
-    for p in vdaemon.state_dir.iterdir():
+    (pdaemon.standin / "showstates.txt").write_text((DATA / "showstates-4.10.txt").read_text())
+    (pdaemon.standin / "trafficstatus.txt").write_text((DATA / "trafficstatus-4.10.txt").read_text())
+    pdaemon.kill9()
+    for p in pdaemon.state_dir.iterdir():
         if p.is_file():
             p.unlink()                               # spool and state lost
-    vdaemon.start()
-    wait_until(lambda: os.path.exists(vdaemon.vici), what="vici socket")
-    assert len(list(session(vdaemon.vici).list_sas())) == 2     # the very first list-sas
+    pdaemon.start()
+    wait_until(lambda: os.path.exists(pdaemon.vici), what="vici socket")
+    assert len(list(session(pdaemon.vici).list_sas())) == 2     # the very first list-sas
 
 
 @pytest.mark.parametrize("attack", ["oversized", "truncated", "random", "bad-type", "vanish"])
 def test_hostile_client_is_closed_and_others_are_served(vdaemon, attack):
     hub_up(vdaemon, 1)
-    wait_until(lambda: len(list(session(vdaemon.vici).list_sas())) == 1, what="1 SA")
-    good = session(vdaemon.vici)
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(10)
-    s.connect(vdaemon.vici)
+    wait_until(lambda: len(list(session(vdaemon).list_sas())) == 1, what="1 SA")
+    good = session(vdaemon)
+    s = connect(vdaemon)
     if attack == "oversized":
         s.sendall((512 * 1024 + 1).to_bytes(4, "big") + b"\x00" * 1024)
     elif attack == "truncated":
@@ -223,20 +244,19 @@ def test_hostile_client_is_closed_and_others_are_served(vdaemon, attack):
             pass
     s.close()
     assert good.version()["daemon"] == b"nhrpbridge"
-    assert len(list(session(vdaemon.vici).list_sas())) == 1
+    assert len(list(session(vdaemon).list_sas())) == 1
 
 
 def test_two_hundred_clients_connecting_and_vanishing(vdaemon):
     for i in range(200):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(vdaemon.vici)
+        s = connect(vdaemon)
         try:
             if i % 2:
                 s.sendall(b"".join(data for data, _ in NHRPD_CONNECT))
         except (BrokenPipeError, ConnectionResetError):
             pass                      # vanishing mid-write is what this test is about
         s.close()
-    assert session(vdaemon.vici).version()["daemon"] == b"nhrpbridge"
+    assert session(vdaemon).version()["daemon"] == b"nhrpbridge"
 
 
 def test_refuses_to_take_over_a_live_socket_and_removes_a_stale_one(sockdir):

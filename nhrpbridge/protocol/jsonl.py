@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "MAX_LINE", "Decoder", "encode", "error_reply"]
 
@@ -81,14 +81,14 @@ class Decoder:
                     self._buf.clear()
                     self._scan = 0
                     raise RemoteProtocolError(
-                        f"line longer than {self.max_line} bytes", "line-too-long", fatal=True)
+                        f"line longer than {self.max_line} bytes", ErrorCode.LINE_TOO_LONG, fatal=True)
                 return None
             line = bytes(self._buf[:nl])
             del self._buf[: nl + 1]
             self._scan = 0
             if len(line) > self.max_line:
                 raise RemoteProtocolError(
-                    f"line longer than {self.max_line} bytes", "line-too-long", fatal=True)
+                    f"line longer than {self.max_line} bytes", ErrorCode.LINE_TOO_LONG, fatal=True)
             if line.strip():
                 return _parse(line)
 
@@ -105,7 +105,7 @@ def _parse(line: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"invalid JSON: {exc}", "invalid-json") from None
+        raise RemoteProtocolError(f"invalid JSON: {exc}", ErrorCode.INVALID_JSON) from None
     if not isinstance(obj, dict):
-        raise RemoteProtocolError("a request must be a JSON object", "not-an-object")
+        raise RemoteProtocolError("a request must be a JSON object", ErrorCode.NOT_AN_OBJECT)
     return obj

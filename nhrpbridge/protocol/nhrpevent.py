@@ -1,6 +1,6 @@
 """nhrpd's event socket (`nhrp event socket PATH`), pure.
 
-Strategy (reference/vici-nhrpd.md §4): nhrpd connects to us and writes blocks of
+Strategy: nhrpd connects to us and writes blocks of
 `key=value` lines ended by an empty line; we answer `eventid=N`, `result=WORD`,
 empty line. Only the word `accept` accepts. nhrpd skips lines of 255 bytes or
 more in *our* replies, so replies stay short. Its own lines can be long
@@ -10,7 +10,7 @@ nhrpd reconnects).
 """
 from __future__ import annotations
 
-from ..errors import RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["Decoder", "encode_reply", "MAX_BLOCK"]
 
@@ -19,7 +19,7 @@ MAX_BLOCK = 64 * 1024
 
 def encode_reply(eventid: int, result: str) -> bytes:
     if not result.isalnum():
-        raise ValueError(f"bad result word {result!r}")
+        raise LocalProtocolError(f"bad result word {result!r}")
     return f"eventid={eventid}\nresult={result}\n\n".encode()
 
 

@@ -30,8 +30,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["FileFollower", "JournalFollower", "make_follower", "MAX_LINE"]
 
@@ -85,11 +86,12 @@ class FileFollower:
         else:
             self.offset = st.st_size
 
-    def _open(self) -> None:
-        self.fd = os.open(self.path, os.O_RDONLY)
-        self.inode = os.fstat(self.fd).st_ino
+    def _open(self) -> int:
+        self.fd = fd = os.open(self.path, os.O_RDONLY)
+        self.inode = os.fstat(fd).st_ino
         self.offset = 0
         self.partial = b""
+        return fd
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -101,12 +103,13 @@ class FileFollower:
     def read_available(self) -> list[str]:
         """Every complete new line, handling rotation and truncation."""
         lines: list[str] = []
-        if self.fd is None:
+        fd = self.fd
+        if fd is None:
             if not self.path.exists():
                 return lines
-            self._open()
+            fd = self._open()
             log.info("pluto log %s appeared; following it", self.path)
-        size = os.fstat(self.fd).st_size
+        size = os.fstat(fd).st_size
         if size < self.offset:
             log.warning("pluto log %s was truncated (copytruncate); reading from 0", self.path)
             self.offset, self.partial = 0, b""
@@ -126,6 +129,7 @@ class FileFollower:
 
     def _drain(self) -> list[str]:
         out: list[str] = []
+        assert self.fd is not None            # only called with the file open
         while True:
             chunk = os.pread(self.fd, 1 << 20, self.offset)
             if not chunk:
@@ -159,7 +163,7 @@ class FileFollower:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -290,8 +294,10 @@ class JournalFollower:
             if self._task:
                 try:
                     await self._task
-                except (asyncio.CancelledError, Exception):
+                except asyncio.CancelledError:
                     pass
+                except Exception:
+                    log.exception("the journal follower failed while stopping")
 
 
 def make_follower(spec: str) -> FileFollower | JournalFollower:

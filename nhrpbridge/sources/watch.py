@@ -44,8 +44,12 @@ class _Poke(FileSystemEventHandler):
 
 def _event_filter() -> list | None:
     try:
-        from watchdog.events import (FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
-                                     FileMovedEvent)
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+        )
     except ImportError:
         return None
     return [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent]

@@ -2,12 +2,12 @@
 import shutil
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import run_hook
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nhrpbridge.errors import RecordError
-from nhrpbridge.protocol.exportp import decode_record
-
-from conftest import run_hook
+from nhrpbridge.protocol.record import decode_record
 
 HOSTILE = {
     "PLUTO_PEER_ID": "C=XX, O=\"Org, Inc\", CN=it's $(touch /tmp/pwned) `id`",
@@ -83,8 +83,9 @@ def test_arbitrary_bytes_give_env_or_record_error(data):
                                max_size=40), max_size=6))
 def test_fast_path_agrees_with_the_full_grammar(env):
     """dash output without quotes takes the regex path; with them, the full parser."""
-    from nhrpbridge.protocol.exportp import _decode_general, _decode_simple
     import subprocess
+
+    from nhrpbridge.protocol.record import _decode_general, _decode_simple
     out = subprocess.run(["dash", "-c", "export -p; echo '# nhrpbridge-end'"],
                          env={k: v.encode() for k, v in env.items()}, capture_output=True).stdout
     fast = _decode_simple(out)

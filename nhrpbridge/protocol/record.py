@@ -22,7 +22,7 @@ import re
 
 from ..errors import RecordError
 
-__all__ = ["decode_record", "is_complete", "MAX_RECORD", "TRAILER"]
+__all__ = ["MAX_RECORD", "TRAILER", "decode_record", "encode_record", "is_complete"]
 
 TRAILER = b"# nhrpbridge-end\n"
 
@@ -32,6 +32,22 @@ def is_complete(data: bytes) -> bool:
     return data.endswith(b"\n" + TRAILER) or data == TRAILER
 
 MAX_RECORD = 1024 * 1024  # pluto's whole block is 2 KiB; 1 MiB leaves room for its env
+
+
+def encode_record(env: dict[str, str]) -> bytes:
+    """A complete record as dash's `export -p` writes it (for tests, replays, the bench).
+
+    Values may hold surrogate escapes (from decode_record): they are written back as
+    the original bytes.
+    """
+    out = bytearray()
+    for name, value in env.items():
+        if not name or name[0].isdigit() or not all(ord(c) < 128 and ord(c) in _NAME_CHARS
+                                                    for c in name):
+            raise RecordError(f"not a shell variable name: {name!r}")
+        raw = value.encode("utf-8", "surrogateescape").replace(b"'", b"'\"'\"'")
+        out += b"export " + name.encode() + b"='" + raw + b"'\n"
+    return bytes(out) + TRAILER
 
 _NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _PREFIXES = (b"export ", b"declare -x ")

@@ -1,0 +1,87 @@
+"""The one place where the parts of a daemon are created and wired together.
+
+Reading order of the data flow: hook -> spool -> record -> ingest -> database ->
+bus -> front-ends (API, VICI, nhrpd's event socket) -> actions (whack). Every part
+gets what it uses, typed; none of them knows the daemon. The CLI parses arguments,
+calls `build_daemon` and runs it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .api import ApiServer
+from .authorize import Authorizer
+from .backlog import Pool
+from .bus import Listen
+from .certs import CertStore
+from .config import Config
+from .daemon import Daemon
+from .errors import ConfigError, ConfigProblem
+from .unixsock import group_ids
+
+__all__ = ["Options", "build_daemon"]
+
+log = logging.getLogger("nhrpbridge")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What `serve` can ask for beyond the config file."""
+
+    policy: str | None = None        # overrides every profile's registration policy
+    pluto: bool = True               # False: no whack (no initiate/terminate/reconcile)
+
+
+def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | None = None) -> Daemon:
+    """Create the database, sources, front-ends and actions the config asks for.
+
+    `listen` replaces the daemon's unix-socket listeners (tests serve in memory).
+    """
+    if options.policy is not None:
+        from .policy import POLICIES
+        if options.policy not in POLICIES:
+            raise ConfigError([ConfigProblem("--policy", 0, "policy",
+                                             f"{options.policy!r} is not one of "
+                                             f"{', '.join(POLICIES)}")])
+    daemon = Daemon(cfg)
+    if listen is not None:
+        daemon.listen = listen
+    pool = Pool()
+    allowed_gids = group_ids(cfg.control_groups)
+    store = CertStore(cfg.cert_store).load() if cfg.cert_store else None
+    authorizer = Authorizer(cfg.connections, daemon.db, daemon.bus, store, options.policy,
+                            cfg.nss_dir, cfg.node.cert if cfg.node and cfg.node.auth == "cert"
+                            else "")
+    authorizer.load_local_cert()
+    if store is not None:
+        def reload_store() -> str:
+            store.load()
+            return f"certificate store {store.path} reloaded"
+        daemon.reloaders.append(reload_store)
+
+    if options.pluto:
+        from .control import PlutoController
+        from .pluto import Whack
+        controller = PlutoController(cfg, daemon.db, daemon.apply, daemon.extra_state, Whack(
+            ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
+        daemon.controller = controller
+        daemon.bus.add_sink(controller)
+    if cfg.pluto_log:
+        from .sources.logfollow import make_follower
+        daemon.log_follower = make_follower(cfg.pluto_log)
+
+    daemon.servers.append(ApiServer(daemon.db, daemon.bus, daemon, authorizer, daemon.listen,
+                                    cfg.api_socket, cfg.api_mode, cfg.api_group, allowed_gids,
+                                    pool))
+    if cfg.event_socket:
+        from .eventsocket import NhrpEventServer
+        daemon.servers.append(NhrpEventServer(authorizer, daemon.listen, cfg.event_socket,
+                                              cfg.vici_mode, cfg.vici_group, pool))
+    if cfg.vici_socket:
+        from .viciserver import ViciServer
+        vici = ViciServer(daemon.db, daemon, daemon.listen, cfg.vici_socket, cfg.vici_mode,
+                          cfg.vici_group, allowed_gids, authorizer.cert_data, pool)
+        daemon.bus.add_sink(vici)
+        daemon.servers.append(vici)
+    return daemon

@@ -1,0 +1,359 @@
+"""The daemon: one asyncio loop around the spool, the SA database and the sockets.
+
+Strategy:
+- Start-up order matters (a bridge that serves an empty view while pluto holds SAs
+  leaves nhrpd offline for good): load state.json, drop records it already includes,
+  apply the rest of the spool, reconcile with pluto when a controller is configured,
+  and only then bind the sockets and tell systemd READY=1.
+- Ingest (ingest.py): watchdog pokes an asyncio.Event; the loop applies pending
+  records in name order, publishes the events on the Bus, and checkpoints at most
+  every CHECKPOINT_INTERVAL seconds, then unlinks the included records.
+- The daemon knows its parts only through their interfaces (bus.py); assemble.py
+  creates them. It is itself the Control front-ends use: initiate and terminate
+  go to the pluto controller, resync ingests first.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .bus import Bus, Listen
+from .config import Config
+from .errors import ControlError, ErrorCode, StateError
+from .ingest import BATCH, Ingestor
+from .listen import Listeners, raise_fd_limit
+from .loginterp import LogInterpreter
+from .plutolog import Notice, parse_line
+from .sa import Event
+from .sadb import SaDatabase
+from .spool import Spool, StateFile
+from .systemd import sd_notify
+
+__all__ = ["CHECKPOINT_INTERVAL", "Daemon"]
+
+log = logging.getLogger("nhrpbridge")
+CHECKPOINT_INTERVAL = 0.5
+POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
+
+
+class Controller(Protocol):
+    """The pluto controller as the daemon drives it (control.py)."""
+
+    async def initiate(self, connection: str, remote: str, local: str | None,
+                       timeout: float | None, wait: bool = True,
+                       shortcut: bool = False) -> dict[str, Any]: ...
+    async def terminate(self, connection: str, remote: str | None,
+                        ike_id: int | None) -> dict[str, Any]: ...
+    async def reconcile(self) -> dict[str, Any]: ...
+    async def run(self) -> None: ...
+    def restore(self, saved: dict[str, list[str]] | None) -> None: ...
+
+
+class Follower(Protocol):
+    """A pluto log follower (sources/logfollow.py)."""
+
+    async def start(self, sink: Callable[[list[str], bool], None],
+                    pos: dict[str, Any] | None) -> None: ...
+    def position(self) -> dict[str, Any]: ...
+    async def aclose(self) -> None: ...
+
+
+class Server(Protocol):
+    """A front-end with sockets of its own, started after the API socket."""
+
+    async def start(self) -> None: ...
+
+
+class Daemon:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self.monotonic = monotonic               # ages and grace periods (never the wall clock)
+        self.db = SaDatabase()                   # restored in place by load_state
+        self.bus = Bus()
+        self.listen: Listen = Listeners()
+        self.spool = Spool(cfg.spool_dir)
+        self.state = StateFile(cfg.state_file)
+        self.controller: Controller | None = None   # initiate/terminate, optional
+        self.log_follower: Follower | None = None   # pluto's log, optional
+        self.servers: list[Server] = []     # front-ends with sockets, started in order
+        self.reloaders: list[Callable[[], str]] = []   # what SIGHUP re-reads in place
+        self.log_interp = LogInterpreter()
+        self.log_interp_untrusted = LogInterpreter()
+        self.extra_state: dict[str, Any] = {}   # other parts' persisted data (kept in place)
+        self.stats = {"records": 0, "bad-records": 0, "checkpoints": 0}
+        self._wake = asyncio.Event()
+        self.ingest = Ingestor(self.spool, self.apply, monotonic, self._wake, self.stats)
+        self._dirty = False
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpointing = False
+        self._bg: set[asyncio.Task] = set()
+        self._stop = asyncio.Event()
+
+    def apply(self, change: Any, when: float | None = None) -> list[Event]:
+        """Apply one change from any source, publish, and mark state dirty."""
+        events = self.db.apply(change, self.clock() if when is None else when)
+        if events:
+            self._dirty = True
+            self.bus.publish(events)
+        return events
+
+    def apply_log_lines(self, lines: list[str], trusted: bool = True) -> None:
+        """Lines from pluto's log: enrich and correct the database, relay notices.
+
+        A line from an untrusted source (a file others can write, anything that came
+        through syslog) may only annotate an SA the hook or whack reported: it never
+        creates or destroys one. Such lines have an interpreter of their own, so they
+        cannot mislead the interpretation of trusted ones either.
+        """
+        for text in lines:
+            parsed = parse_line(text)
+            if parsed is None:
+                continue
+            sure = trusted and not parsed.data.get("via-syslog")
+            interp = self.log_interp if sure else self.log_interp_untrusted
+            for item in interp.feed(parsed):
+                if isinstance(item, Notice):
+                    self.publish_notice(item)
+                elif sure or self.db.annotates(item):
+                    self.apply(item)
+                else:
+                    self.stats["log-changes-ignored"] = self.stats.get("log-changes-ignored", 0) + 1
+                    log.debug("untrusted log line ignored (it would %s): %s",
+                              type(item).__name__, text[:200])
+        self._dirty = True      # the log position moved: checkpoint it
+        self._wake.set()
+
+    def publish_notice(self, notice: Any) -> None:
+        """Operator-relevant facts that change no SA: logged, and pushed without seq."""
+        level = logging.WARNING if notice.kind in ("liveness-timeout", "updown-failed") \
+            else logging.INFO
+        log.log(level, "pluto %s: %s %s #%s: %s", notice.kind, notice.conn, notice.peer or "",
+                notice.serial, notice.text)
+        self.bus.broadcast({"type": "notice", "kind": notice.kind, "connection": notice.conn,
+                        "remote-host": notice.peer, "serial": notice.serial, "text": notice.text})
+
+    # ---- state
+
+    def lock_state_dir(self) -> None:
+        """flock STATE_DIR/lock before touching the spool or a socket: a second daemon on
+        the same state would consume records, and take sockets over."""
+        self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(self.cfg.state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"{self.cfg.state_dir} is in use by another nhrpbridge "
+                             "(its lock file is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def load_state(self) -> None:
+        self.spool.ensure()
+        self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        try:
+            db_state, applied = self.state.load()
+            if db_state is not None:
+                self.db.restore(db_state)
+                self.extra_state.update(db_state.get("extra", {}))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            dest = self.state.quarantine()
+            log.error("state file unusable (%s); moved to %s, starting empty", exc, dest)
+            self.db.restore(None)
+            self.extra_state.clear()
+            db_state, applied = None, set()
+        if db_state is not None:
+            log.info("state loaded: %d IKE SAs, %d Child SAs, seq %d",
+                     len(self.db.ike_sas), len(self.db.child_sas), self.db.seq)
+        done = [n for n in self.spool.pending() if n in applied]
+        if done:
+            log.info("%d spool records were already applied before a restart; removed", len(done))
+            self.spool.remove(done)
+
+    def checkpoint(self) -> bool:
+        """Persist the database, then drop the records it includes; False if it failed."""
+        if self._checkpointing or (not self.ingest.pending and not self._dirty):
+            return not self._checkpointing
+        if self.log_follower is not None:
+            self.extra_state["log"] = self.log_follower.position()
+        names = self.ingest.take_pending()
+        try:
+            self.state.save(self.db.to_state_json(), names, self.extra_state)
+        except OSError as exc:
+            # the records stay in the spool: the next checkpoint (or start) applies them
+            log.error("checkpoint failed (%s); %d records kept in the spool", exc, len(names))
+            self.stats["checkpoint-failures"] = self.stats.get("checkpoint-failures", 0) + 1
+            self.ingest.give_back(names)
+            return False
+        self.spool.remove(names)
+        self.ingest.checkpointed(names)
+        self._dirty = False
+        self.stats["checkpoints"] += 1
+        return True
+
+    # ---- ingest
+
+    def ingest_once(self, full: bool = True, limit: int | None = None) -> int:
+        """Apply the spool's new records now (see Ingestor.once)."""
+        return self.ingest.once(full, limit)
+
+    async def _ingest_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            except TimeoutError:
+                pass
+            polled = not self._wake.is_set()
+            self._wake.clear()
+            try:
+                self.ingest_once(full=polled, limit=BATCH)
+            except Exception:     # a bug must not stop ingestion for good
+                log.exception("ingesting the spool failed; retrying")
+                await asyncio.sleep(1)
+            await asyncio.sleep(0)            # let transports flush between batches
+            if (self.ingest.pending or self._dirty) and self._checkpoint_timer is None:
+                # apply at once, persist a little later: one state write covers a burst
+                self._checkpoint_timer = loop.call_later(CHECKPOINT_INTERVAL, self._timed_checkpoint)
+
+    def _timed_checkpoint(self) -> None:
+        self._checkpoint_timer = None
+        self.ingest_once()
+        task = asyncio.get_running_loop().create_task(self.checkpoint_in_thread())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def checkpoint_in_thread(self) -> None:
+        """Like checkpoint(), but the file write, fsyncs and unlinks (syscalls that
+        release the GIL) run in a worker thread, so subscribers are not delayed:
+        measured p99 latency 8.5 ms with the checkpoint on the loop, ~5 ms without."""
+        if self._checkpointing or (not self.ingest.pending and not self._dirty):
+            return
+        self._checkpointing = True
+        names = self.ingest.take_pending()
+        if self.log_follower is not None:
+            self.extra_state["log"] = self.log_follower.position()
+        text, extra = self.db.to_state_json(), dict(self.extra_state)
+        self._dirty = False
+        try:
+            await asyncio.to_thread(self._save_and_unlink, text, names, extra)
+        except OSError as exc:
+            log.error("checkpoint failed (%s); will retry", exc)
+            self.ingest.give_back(names)
+            self._dirty = True
+        else:
+            self.ingest.checkpointed(names)
+            self.stats["checkpoints"] += 1
+        finally:
+            self._checkpointing = False
+
+    def _save_and_unlink(self, text: str, names: list[str], extra: dict[str, Any]) -> None:
+        self.state.save(text, names, extra)
+        self.spool.remove(names)
+
+    # ---- Control (bus.Control), carried out by the pluto controller
+
+    def _controller(self) -> Controller:
+        if self.controller is None:
+            raise ControlError("no pluto adapter configured (--no-pluto)", ErrorCode.NOT_SUPPORTED)
+        return self.controller
+
+    async def initiate(self, connection: str, remote: str, local: str | None,
+                       timeout: float | None, wait: bool = True,
+                       shortcut: bool = False) -> dict[str, Any]:
+        return await self._controller().initiate(connection, remote, local, timeout, wait=wait,
+                                                 shortcut=shortcut)
+
+    async def terminate(self, connection: str, remote: str | None,
+                        ike_id: int | None) -> dict[str, Any]:
+        return await self._controller().terminate(connection, remote, ike_id)
+
+    async def resync(self) -> dict[str, Any]:
+        self.ingest_once()
+        if self.controller is None:
+            return {"reconciled": False}
+        return await self.controller.reconcile()
+
+    # ---- life cycle
+
+    async def start(self) -> None:
+        """Everything up to READY=1."""
+        raise_fd_limit()
+        self.lock_state_dir()
+        self.load_state()
+        self.ingest_once()
+        if self.log_follower is not None:
+            await self.log_follower.start(self.apply_log_lines, self.extra_state.get("log"))
+        if self.controller is not None:
+            self.controller.restore(self.extra_state.get("per-peer"))
+            try:
+                await self.controller.reconcile()
+            except ControlError as exc:
+                log.warning("initial reconciliation with pluto failed: %s", exc)
+        self.checkpoint()
+        from .sources.watch import DirectoryWatch
+        self._watch = DirectoryWatch(self.cfg.spool_dir, self._wake, self.ingest.named)
+        self._watch.start()
+        for extra in self.servers:          # the API socket first (assemble.py)
+            await extra.start()
+
+    async def run(self, on_ready: Callable[[], None] | None = None, signals: bool = True) -> None:
+        """Serve until SIGTERM/SIGINT (or stop()); `signals=False` off the main thread."""
+        loop = asyncio.get_running_loop()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+        await self.start()
+        tasks = [loop.create_task(self._ingest_loop())]
+        if self.controller is not None:
+            tasks.append(loop.create_task(self.controller.run()))
+        log.info("ready: %d IKE SAs, %d Child SAs, %d links up", len(self.db.ike_sas),
+                 len(self.db.child_sas), len(self.db.links))
+        sd_notify("READY=1")
+        if on_ready:
+            on_ready()
+        await self._stop.wait()
+        sd_notify("STOPPING=1")
+        for t in tasks:
+            t.cancel()
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+        for task in list(self._bg):
+            await task
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if isinstance(self.listen, Listeners):
+            self.listen.close()
+        if getattr(self, "_watch", None):
+            self._watch.stop()
+        if self.log_follower is not None:
+            await self.log_follower.aclose()
+        self.ingest_once()
+        if self.checkpoint():
+            log.info("stopped; state saved (seq %d)", self.db.seq)
+        else:
+            log.error("stopped; state NOT saved (seq %d): the spool keeps the records, the "
+                      "next start applies them again", self.db.seq)
+
+    def on_sighup(self) -> None:
+        """SIGHUP (the operator's "reload", systemd's ExecReload): re-read what can change
+        in place; never die of it (the default action)."""
+        done = [reload() for reload in self.reloaders]
+        log.info("SIGHUP: %s; other configuration changes need a restart",
+                 "; ".join(done) if done else "nothing to reload in place")
+
+    def stop(self) -> None:
+        self._stop.set()
+

@@ -1,0 +1,101 @@
+"""nhrpd's event socket (`nhrp event socket PATH`): nhrpd connects and asks us to
+authorize each registration (`authorize-binding`); the Authorizer decides.
+
+Strategy:
+- Every event gets an answer at once. Malformed blocks with an eventid are
+  rejected and logged; blocks without one cannot be answered and are logged.
+- The codec is protocol/nhrpevent.py; this module is the thin I/O loop around it.
+  A connection that does not read its answers is dropped (backlog.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .authorize import Authorizer
+from .backlog import Backlog, Pool
+from .bus import Listen
+from .errors import RemoteProtocolError
+from .protocol.nhrpevent import Decoder, encode_reply
+from .unixsock import peer_cred
+
+__all__ = ["NhrpEventServer"]
+
+log = logging.getLogger("nhrpbridge.authorize")
+
+
+class NhrpEventServer:
+    """Listens on `nhrp event socket PATH`; nhrpd connects and asks."""
+
+    def __init__(self, authorizer: Authorizer, listen: Listen, path: str, mode: int, group: str,
+                 pool: Pool | None = None):
+        self.authorizer = authorizer
+        self.listen = listen
+        self.path, self.mode, self.group = path, mode, group
+        self.pool = pool
+        self.stats = {"events": 0, "accepted": 0, "rejected": 0, "malformed": 0}
+
+    async def start(self) -> None:
+        await self.listen(self.path, self.mode, self.group, self._client)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cred = peer_cred(writer.get_extra_info("socket"))
+        log.info("nhrpd event socket: connection from pid=%d uid=%d", cred.pid, cred.uid)
+        dec = Decoder()
+
+        def drop(why: str) -> None:
+            log.warning("nhrpd event socket: pid=%d does not read its answers (%s): dropped",
+                        cred.pid, why)
+            writer.transport.abort()
+        backlog = Backlog(writer.transport, drop, self.pool)
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                dec.feed(data)
+                while (block := dec.next_block()) is not None:
+                    reply = self.handle(block)
+                    if reply and not writer.transport.is_closing():
+                        writer.write(reply)
+                        backlog.wrote(len(reply))
+        except RemoteProtocolError as exc:
+            log.warning("nhrpd event socket: %s; closing", exc)
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if dec.pending:
+                log.warning("nhrpd event socket: connection closed in the middle of a block "
+                            "(%d bytes dropped, nothing to answer)", dec.pending)
+            backlog.cancel()
+            writer.close()
+
+    def handle(self, block: dict[str, str]) -> bytes | None:
+        self.stats["events"] += 1
+        try:
+            eventid = int(block.get("eventid", ""))
+        except ValueError:
+            self.stats["malformed"] += 1
+            log.warning("nhrpd event without a usable eventid (cannot answer): %s",
+                        {k: v[:40] for k, v in block.items()})
+            return None
+        if block.get("event") != "authorize-binding":
+            return encode_reply(eventid, "default")     # as the reference handler does
+        remote_nbma, gre = block.get("remote_nbma", ""), block.get("remote_addr", "")
+        if not remote_nbma or not gre:
+            self.stats["malformed"] += 1
+            self.stats["rejected"] += 1
+            log.warning("authorize-binding %d without remote_nbma/remote_addr: rejected "
+                        "(nhrpd sends them only once the peer has a VC)", eventid)
+            return encode_reply(eventid, "reject")
+        cert = None
+        if block.get("remote_cert"):
+            try:
+                cert = bytes.fromhex(block["remote_cert"])
+            except ValueError:
+                cert = None
+        result = self.authorizer.authorize(None, remote_nbma, gre, block.get("local_nbma") or None,
+                                           cert)
+        self.authorizer.record(result)
+        self.stats["accepted" if result["accept"] else "rejected"] += 1
+        return encode_reply(eventid, "accept" if result["accept"] else "reject")

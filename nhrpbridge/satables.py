@@ -1,0 +1,133 @@
+"""The SA tables and their indexes, kept in step; and their JSON for the state file. Pure.
+
+Every change costs O(1) at hub scale (10,000 spokes): the indexes are updated by
+_put_*/_del_* and nothing else. Each record's JSON is cached and rebuilt only when it
+changed, so a checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop.
+The meaning of changes (what an event is) lives in sadb.py.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .sa import ChildSa, IkeSa, Link, LinkKey
+
+__all__ = ["SaTables"]
+
+
+@dataclass
+class SaTables:
+    ike_sas: dict[int, IkeSa] = field(default_factory=dict)
+    child_sas: dict[int, ChildSa] = field(default_factory=dict)
+    links: dict[LinkKey, Link] = field(default_factory=dict)
+    seq: int = 0
+    next_ike_id: int = 1
+    next_child_id: int = 1
+    # indexes, so each change costs O(1) at hub scale (10,000 spokes); kept in step
+    # by _put_*/_del_* and nothing else
+    _kids: dict[int, set[int]] = field(default_factory=dict, repr=False)
+    _child_by_spi: dict[tuple[str, int, int], int] = field(default_factory=dict, repr=False)
+    _child_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_by_peer: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+    # persistence: each record's JSON is cached and rebuilt only when it changed, so a
+    # checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop
+    _json: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
+    _stale: set[tuple[str, int]] = field(default_factory=set, repr=False)
+
+    # -- index maintenance
+
+    def _put_child(self, c: ChildSa) -> None:
+        self.child_sas[c.uniqueid] = c
+        self._stale.add(("c", c.uniqueid))
+        self._kids.setdefault(c.ike_uniqueid, set()).add(c.uniqueid)
+        if c.spi_in or c.spi_out:
+            self._child_by_spi[(c.remote_host, c.spi_in, c.spi_out)] = c.uniqueid
+        if c.serial is not None:
+            self._child_by_serial[c.serial] = c.uniqueid
+
+    def _del_child(self, c: ChildSa) -> None:
+        del self.child_sas[c.uniqueid]
+        self._stale.add(("c", c.uniqueid))
+        kids = self._kids.get(c.ike_uniqueid)
+        if kids is not None:
+            kids.discard(c.uniqueid)
+            if not kids:
+                del self._kids[c.ike_uniqueid]
+        key = (c.remote_host, c.spi_in, c.spi_out)
+        if self._child_by_spi.get(key) == c.uniqueid:
+            del self._child_by_spi[key]
+        if c.serial is not None and self._child_by_serial.get(c.serial) == c.uniqueid:
+            del self._child_by_serial[c.serial]
+
+    def _set_child(self, old: ChildSa, new: ChildSa) -> None:
+        self._del_child(old)
+        self._put_child(new)
+
+    def _put_ike(self, ike: IkeSa) -> None:
+        self.ike_sas[ike.uniqueid] = ike
+        self._stale.add(("i", ike.uniqueid))
+        self._ike_by_peer.setdefault((ike.connection, ike.remote_host), set()).add(ike.uniqueid)
+        if ike.serial is not None:
+            self._ike_by_serial[ike.serial] = ike.uniqueid
+
+    def _del_ike(self, ike: IkeSa) -> None:
+        del self.ike_sas[ike.uniqueid]
+        self._stale.add(("i", ike.uniqueid))
+        peers = self._ike_by_peer.get((ike.connection, ike.remote_host))
+        if peers is not None:
+            peers.discard(ike.uniqueid)
+            if not peers:
+                del self._ike_by_peer[(ike.connection, ike.remote_host)]
+        if ike.serial is not None and self._ike_by_serial.get(ike.serial) == ike.uniqueid:
+            del self._ike_by_serial[ike.serial]
+
+    def _set_ike(self, old: IkeSa, new: IkeSa) -> None:
+        self._del_ike(old)
+        self._put_ike(new)
+
+    def _ikes_of_peer(self, connection: str, remote_host: str) -> list[IkeSa]:
+        return [self.ike_sas[u] for u in sorted(self._ike_by_peer.get((connection, remote_host), ()))]
+
+    # -- queries
+
+    def children_of_ike(self, ike_id: int) -> list[ChildSa]:
+        return [self.child_sas[u] for u in sorted(self._kids.get(ike_id, ()))]
+
+    def find_link(self, connection: str, remote_host: str,
+                  local_host: str | None = None) -> list[Link]:
+        return [l for l in self.links.values() if l.connection == connection
+                and l.remote_host == remote_host
+                and (local_host is None or l.local_host == local_host)]
+
+    def ike_by_serial(self, serial: int) -> IkeSa | None:
+        uid = self._ike_by_serial.get(serial)
+        return self.ike_sas[uid] if uid is not None else None
+
+
+    # -- persistence
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the state file."""
+        return json.loads(self.to_state_json())
+
+    def to_state_json(self) -> str:
+        """The snapshot as JSON text, rebuilding only the records that changed."""
+        for kind, uid in self._stale:
+            rec = (self.ike_sas if kind == "i" else self.child_sas).get(uid)
+            if rec is None:
+                self._json.pop((kind, uid), None)
+            else:
+                self._json[(kind, uid)] = json.dumps(
+                    {n: getattr(rec, n) for n in _FIELDS[type(rec)]}, separators=(",", ":"))
+        self._stale.clear()
+        ikes = ",".join(self._json[("i", u)] for u in self.ike_sas)
+        kids = ",".join(self._json[("c", u)] for u in self.child_sas)
+        return (f'{{"seq":{self.seq},"next-ike-id":{self.next_ike_id},'
+                f'"next-child-id":{self.next_child_id},"ike-sas":[{ikes}],"child-sas":[{kids}]}}')
+
+
+
+_FIELDS = {IkeSa: tuple(f.name for f in fields(IkeSa)),
+           ChildSa: tuple(f.name for f in fields(ChildSa))}
