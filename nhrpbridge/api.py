@@ -33,8 +33,8 @@ from .wire import child_dict, connection_of, dump, event_dict, ike_dict, link_di
 __all__ = ["CAPABILITIES", "ApiConnection", "ApiServer"]
 
 log = logging.getLogger("nhrpbridge.api")
-CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize"]
-CONTROL_OPS = {"initiate", "terminate", "resync"}
+CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize", "reload"]
+CONTROL_OPS = {"initiate", "terminate", "resync", "reload"}
 
 
 class ApiServer:
@@ -230,6 +230,10 @@ class ApiConnection:
 
     def op_resync(self, req_id: Any, msg: dict[str, Any]) -> None:
         self._spawn(req_id, self.server.control.resync())
+
+    def op_reload(self, req_id: Any, msg: dict[str, Any]) -> None:
+        """Read the config file again (see reload.py); the reply says what changed."""
+        self.reply(req_id, **self.server.control.reload())
 
     def op_initiate(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn, remote = _req_str(msg, "connection"), _req_str(msg, "remote-host")

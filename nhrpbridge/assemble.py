@@ -8,6 +8,7 @@ calls `build_daemon` and runs it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .api import ApiServer
@@ -18,7 +19,7 @@ from .certs import CertStore
 from .config import Config
 from .daemon import Daemon
 from .errors import ConfigError, ConfigProblem
-from .unixsock import group_ids
+from .unixsock import group_ids, user_ids
 
 __all__ = ["Options", "build_daemon"]
 
@@ -33,10 +34,12 @@ class Options:
     pluto: bool = True               # False: no whack (no initiate/terminate/reconcile)
 
 
-def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | None = None) -> Daemon:
+def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | None = None,
+                 config_loader: Callable[[], Config] | None = None) -> Daemon:
     """Create the database, sources, front-ends and actions the config asks for.
 
-    `listen` replaces the daemon's unix-socket listeners (tests serve in memory).
+    `listen` replaces the daemon's unix-socket listeners (tests serve in memory);
+    `config_loader` reads the config again for a reload (None: no file to read).
     """
     if options.policy is not None:
         from .policy import POLICIES
@@ -45,6 +48,7 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
                                              f"{options.policy!r} is not one of "
                                              f"{', '.join(POLICIES)}")])
     daemon = Daemon(cfg)
+    daemon.config_loader = config_loader
     if listen is not None:
         daemon.listen = listen
     pool = Pool()
@@ -54,11 +58,8 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
                             cfg.nss_dir, cfg.node.cert if cfg.node and cfg.node.auth == "cert"
                             else "")
     authorizer.load_local_cert()
-    if store is not None:
-        def reload_store() -> str:
-            store.load()
-            return f"certificate store {store.path} reloaded"
-        daemon.reloaders.append(reload_store)
+    daemon.reconfigure.append(authorizer.reconfigure)
+    daemon.reconfigure.append(_set_log_level)
 
     if options.pluto:
         from .control import PlutoController
@@ -67,6 +68,7 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
             ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
         daemon.controller = controller
         daemon.bus.add_sink(controller)
+        daemon.reconfigure.append(controller.reconfigure)
     if cfg.pluto_log:
         from .sources.logfollow import make_follower
         daemon.log_follower = make_follower(cfg.pluto_log)
@@ -81,7 +83,12 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
     if cfg.vici_socket:
         from .viciserver import ViciServer
         vici = ViciServer(daemon.db, daemon, daemon.listen, cfg.vici_socket, cfg.vici_mode,
-                          cfg.vici_group, allowed_gids, authorizer.cert_data, pool)
+                          cfg.vici_group, allowed_gids, authorizer.cert_data, pool,
+                          protected_uids=user_ids(cfg.vici_protected_users))
         daemon.bus.add_sink(vici)
         daemon.servers.append(vici)
     return daemon
+
+
+def _set_log_level(cfg: Config) -> None:
+    logging.getLogger().setLevel(cfg.log_level.upper())

@@ -25,7 +25,7 @@ from typing import Any
 
 from .bus import Bus
 from .certs import CertInfo, CertStore, nss_cert_der, parse_dn
-from .config import ConnConfig
+from .config import Config, ConnConfig
 from .policy import Decision, decide
 from .sa import IkeSa
 from .sadb import SaDatabase
@@ -59,6 +59,20 @@ class Authorizer:
         self.local_nick = local_nick
         self._local: tuple[float, bytes | None] = (0.0, None)
         self._refreshing: asyncio.Task[None] | None = None
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: new profiles, the certificate store read again (or another one)."""
+        self.connections = cfg.connections
+        if not cfg.cert_store:
+            self.store = None
+        elif self.store is None or str(self.store.path) != cfg.cert_store:
+            self.store = CertStore(cfg.cert_store).load()
+        else:
+            self.store.load()
+        nick = cfg.node.cert if cfg.node and cfg.node.auth == "cert" else ""
+        if (nick, cfg.nss_dir) != (self.local_nick, self.nss_dir):
+            self.local_nick, self.nss_dir = nick, cfg.nss_dir
+            self._local = (0.0, None)               # read again by the refresh task
 
     def policy_for(self, connection: str) -> tuple[str, dict[str, tuple[str, ...]]]:
         conn = self.connections.get(connection)

@@ -10,19 +10,28 @@ and the daemon never waits for anybody.
 Across clients, POOL bytes pending in all of them together is the global bound: past
 it, a client that holds more than SOFT itself is dropped at once (many idle readers
 cannot add up to gigabytes). The same rule serves the API, VICI and nhrp event sockets.
+
+A *protected* client (nhrpd's VICI connection: dropping it makes nhrpd forget every
+registration, and spokes register again only after holdtime/3) is never dropped for
+reading slowly or for the pool: only past PROTECTED_HARD, which only a client that
+reads nothing for a very long time reaches. Its server stops answering its requests
+while it is behind (no new dumps pile up); events keep being queued.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["HARD", "POOL", "SOFT", "STALL", "Backlog", "Pool"]
+__all__ = ["HARD", "POOL", "PROTECTED_HARD", "SOFT", "STALL", "Backlog", "Pool"]
 
+log = logging.getLogger("nhrpbridge")
 SOFT = 8 * 1024 * 1024
 HARD = 64 * 1024 * 1024
 STALL = 5.0
 POOL = 256 * 1024 * 1024
+PROTECTED_HARD = 1024 * 1024 * 1024
 
 
 class Pool:
@@ -39,10 +48,12 @@ _DEFAULT_POOL = Pool()
 
 class Backlog:
     def __init__(self, transport: asyncio.WriteTransport, drop: Callable[[str], None],
-                 pool: Pool | None = None):
+                 pool: Pool | None = None, protected: bool = False):
         self.transport = transport
         self.drop = drop
         self.pool = pool or _DEFAULT_POOL
+        self.protected = protected
+        self.warned = False
         self.allowance = 0           # extra bytes allowed once (a subscribe dump)
         self._last = 0
         self._progress = time.monotonic()
@@ -56,6 +67,15 @@ class Backlog:
             self._progress = now
         self.pool.pending += pending - self._last
         self._last = pending
+        if self.protected:
+            if pending > PROTECTED_HARD:
+                self.drop(f"{pending} bytes pending (limit {PROTECTED_HARD} for a protected client)")
+            elif pending > SOFT and not self.warned:
+                self.warned = True
+                log.warning("a protected client is %d bytes behind; kept (not dropped)", pending)
+            elif pending < SOFT:
+                self.warned = False
+            return
         if self.pool.pending > self.pool.limit and pending > SOFT:
             self.drop(f"{pending} bytes pending while all clients hold {self.pool.pending} "
                       f"(global limit {self.pool.limit})")

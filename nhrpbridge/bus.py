@@ -45,6 +45,8 @@ class Control(Protocol):
 
     async def resync(self) -> dict[str, Any]: ...
 
+    def reload(self) -> dict[str, Any]: ...
+
 
 class Listen(Protocol):
     """Bind `path` with `mode`/`group` and serve each connection with `handler`."""

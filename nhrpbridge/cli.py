@@ -12,133 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cliparser import build_parser
 from .config import DEFAULT_CONFIG, Config, load_config
-from .configfields import LOG_LEVELS
 from .display import format_event, format_status
 from .errors import ConfigError, DaemonUnreachable, NhrpBridgeError
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-def _add_socket_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--socket", metavar="PATH", help="API socket (default: from the config, "
-                   "/run/nhrpbridge/api.sock)")
-    g.add_argument("--state-dir", metavar="DIR", help="talk to the daemon started with "
-                   "`serve --state-dir DIR` (socket DIR/api.sock)")
-    p.add_argument("-c", "--config", metavar="FILE", help=f"config file (default {DEFAULT_CONFIG})")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nhrpbridge",
-        description="Bridge libreswan (pluto) to FRR nhrpd: follows the updown hook and the "
-                    "pluto log, keeps an SA database and serves it on unix sockets.",
-        epilog="Run `nhrpbridge COMMAND --help` for each command's options.")
-    parser.add_argument("--version", action="version", version=f"nhrpbridge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("serve", help="run the daemon in the foreground",
-                       description="Run the daemon (foreground; logs to stderr / the journal).")
-    p.add_argument("-c", "--config", metavar="FILE",
-                   help=f"config file (default {DEFAULT_CONFIG}; optional with --state-dir)")
-    p.add_argument("--state-dir", metavar="DIR",
-                   help="keep every runtime path under DIR: spool DIR/spool/, state "
-                        "DIR/state.json, API socket DIR/api.sock; no config file needed, "
-                        "runs unprivileged")
-    p.add_argument("--log-level", choices=LOG_LEVELS)
-    p.add_argument("--pluto-log", metavar="FILE|journald",
-                   help="follow pluto's log: a file (ipsec.conf logfile=) or 'journald'")
-    p.add_argument("--ipsec", metavar="CMD", help="the ipsec executable to run (default ipsec)")
-    p.add_argument("--ipsec-conf", metavar="FILE",
-                   help="ipsec.conf defining the profile templates (default /etc/ipsec.conf)")
-    p.add_argument("--pluto-rundir", metavar="DIR", help="pluto's --rundir (whack --rundir)")
-    p.add_argument("--no-pluto", action="store_true",
-                   help="do not run whack at all (no reconciliation, no initiate/terminate)")
-    p.add_argument("--vici-socket", metavar="PATH",
-                   help="serve a VICI-compatible socket for nhrpd at PATH "
-                        "(nhrpd uses /var/run/charon.vici)")
-    p.add_argument("--nhrp-event-socket", metavar="PATH",
-                   help="listen for nhrpd's `nhrp event socket` (authorize-binding)")
-    p.add_argument("--cert-store", metavar="DIR", help="peer certificates (PEM/DER files)")
-    p.add_argument("--policy", metavar="NAME", help="registration policy for every connection")
-
-    p = sub.add_parser("status", help="show links and SAs",
-                       description="Show links, IKE SAs and Child SAs from the daemon.")
-    _add_socket_args(p)
-    p.add_argument("--json", action="store_true", help="one JSON object (links, ike-sas, child-sas)")
-    p.add_argument("--connection", metavar="NAME", help="only this connection")
-
-    p = sub.add_parser("events", help="follow the event stream",
-                       description="Subscribe: print the current state, then every change.")
-    _add_socket_args(p)
-    p.add_argument("--json", action="store_true", help="one JSON message per line")
-    p.add_argument("--connection", metavar="NAME", help="only this connection")
-    p.add_argument("--count", type=int, metavar="N", help="exit after N pushed events")
-
-    p = sub.add_parser("check-config", help="check a config file and report every problem",
-                       description="Check a YAML config; print FILE:LINE: field: message "
-                                   "for every problem; exit 1 if there is any.")
-    p.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_CONFIG)
-    p.add_argument("files", nargs="*", metavar="FILE", help="more files to check")
-    p.add_argument("--json", action="store_true")
-
-    for name, hlp in (("initiate", "bring up the link of CONNECTION to HOST"),
-                      ("terminate", "tear down CONNECTION (to HOST only, if given)")):
-        p = sub.add_parser(name, help=hlp, description=hlp[0].upper() + hlp[1:] + ".")
-        _add_socket_args(p)
-        p.add_argument("connection", metavar="CONNECTION")
-        p.add_argument("host", metavar="HOST", nargs="?" if name == "terminate" else None)
-        p.add_argument("--json", action="store_true")
-        if name == "initiate":
-            p.add_argument("--timeout", type=float, metavar="SECONDS")
-        else:
-            p.add_argument("--ike-id", type=int, metavar="N", help="only this IKE SA uniqueid")
-
-    p = sub.add_parser("authorize", help="dry-run the registration policy",
-                       description="Would a registration of GRE_ADDRESS from REMOTE_NBMA on "
-                                   "CONNECTION be accepted? Asks the daemon (nothing changes).")
-    _add_socket_args(p)
-    p.add_argument("connection", metavar="CONNECTION")
-    p.add_argument("remote_nbma", metavar="REMOTE_NBMA")
-    p.add_argument("gre_address", metavar="GRE_ADDRESS")
-    p.add_argument("--local-nbma", metavar="ADDR")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("resync", help="reconcile the daemon with pluto now")
-    _add_socket_args(p)
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("render", help="write ipsec.conf / FRR config from the node section",
-                       description="Render the libreswan conns, ipsec.secrets (PSK) and the FRR "
-                                   "nhrpd interface from the `node:` section of the config, with "
-                                   "jinja2 templates. Without outputs, ipsec.conf goes to stdout.")
-    p.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_CONFIG)
-    p.add_argument("--ipsec", metavar="OUT", help="write the ipsec.conf stanzas here ('-': stdout)")
-    p.add_argument("--frr", metavar="OUT", help="write the FRR nhrpd interface here ('-': stdout)")
-    p.add_argument("--secrets", metavar="OUT", help="write ipsec.secrets here (PSK only; mode 0600)")
-    p.add_argument("--check", action="store_true",
-                   help="validate with libreswan's `ipsec addconn --checkconfig`; any message fails")
-    p.add_argument("--templates", metavar="DIR", help="templates that override the shipped ones")
-    p.add_argument("--ipsec-cmd", metavar="CMD", default=None,
-                   help="ipsec executable for --check and the version (default: pluto: ipsec:)")
-    p.add_argument("--libreswan", choices=["4", "5"],
-                   help="write conns for this libreswan major version (default: `pluto: version:`, "
-                        "or ask `ipsec --version`)")
-
-    p = sub.add_parser("replay", help="run recorded updown calls through the hook",
-                       description="Replay lab updown log lines (VERB=... CONN=... | PLUTO_*=...) "
-                                   "through the real hook into a spool, as pluto would.")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--spool", metavar="DIR", help="spool directory (default from --state-dir)")
-    p.add_argument("--state-dir", metavar="DIR")
-    p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
-                   help="pause between calls")
-
-    p = sub.add_parser("version", help="print the version")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,13 +71,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"nhrpbridge serve: no {DEFAULT_CONFIG}; give -c FILE or --state-dir DIR",
               file=sys.stderr)
         return EXIT_USAGE
-    cfg = _config_for(args)
     names = {"nhrp_event_socket": "event_socket"}     # option -> config field, where they differ
-    cfg = replace(cfg, **{names.get(arg, arg): getattr(args, arg) for arg in (
-        "log_level", "pluto_log", "ipsec", "ipsec_conf", "pluto_rundir", "vici_socket",
-        "nhrp_event_socket", "cert_store") if getattr(args, arg, None)})
+
+    def config() -> Config:
+        """The file (if any) with the command line on top: at start and on each reload."""
+        return replace(_config_for(args), **{names.get(arg, arg): getattr(args, arg) for arg in (
+            "log_level", "pluto_log", "ipsec", "ipsec_conf", "pluto_rundir", "vici_socket",
+            "nhrp_event_socket", "cert_store") if getattr(args, arg, None)})
+    cfg = config()
     setup_logging(cfg.log_level)
-    daemon = build_daemon(cfg, Options(policy=args.policy, pluto=not args.no_pluto))
+    has_file = bool(args.config) or (not args.state_dir and os.path.exists(DEFAULT_CONFIG))
+    daemon = build_daemon(cfg, Options(policy=args.policy, pluto=not args.no_pluto),
+                          config_loader=config if has_file else None)
     try:
         asyncio.run(daemon.run())
     except (OSError, NhrpBridgeError) as exc:
@@ -332,6 +218,28 @@ def cmd_resync(args: argparse.Namespace) -> int:
     return _control(args, "resync")
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as c:
+            reply = c.request("reload")
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    ok = bool(reply.get("ok") and reply.get("reloaded"))
+    if args.json:
+        print(json.dumps(reply, sort_keys=True))
+    elif not reply.get("ok"):
+        print(f"reload: {reply['error']['code']}: {reply['error']['message']}", file=sys.stderr)
+    elif not reply.get("reloaded"):
+        print("reload refused, the running configuration stays:", file=sys.stderr)
+        for problem in reply.get("problems", []):
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(f"reloaded: changed in place: {', '.join(reply['changed']) or 'nothing'}")
+        if reply["needs-restart"]:
+            print(f"needs `nhrpbridge restart`: {', '.join(reply['needs-restart'])}")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .errors import RenderError
     from .render import check_ipsec, libreswan_major, render_frr, render_ipsec, render_secrets
@@ -395,6 +303,6 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
              "check-config": cmd_check_config, "initiate": cmd_initiate,
-             "terminate": cmd_terminate, "resync": cmd_resync, "replay": cmd_replay, "render": cmd_render,
+             "terminate": cmd_terminate, "resync": cmd_resync, "reload": cmd_reload, "replay": cmd_replay, "render": cmd_render,
              "authorize": cmd_authorize,
              "version": cmd_version}

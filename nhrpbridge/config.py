@@ -25,7 +25,7 @@ from .configfields import LOG_LEVELS, MAX_PROBLEMS
 from .errors import ConfigError, ConfigProblem
 from .policy import POLICIES
 
-__all__ = ["DEFAULT_CONFIG", "MAX_PROBLEMS", "Config", "ConnConfig", "NodeConfig", "load_config"]
+__all__ = ["DEFAULT_CONFIG", "MAX_PROBLEMS", "SPEC", "Config", "ConnConfig", "NodeConfig", "load_config"]
 
 DEFAULT_CONFIG = "/etc/nhrpbridge/nhrpbridge.yaml"
 
@@ -92,6 +92,7 @@ class Config:
     vici_socket: str = ""
     vici_mode: int = 0o660
     vici_group: str = ""
+    vici_protected_users: tuple[str, ...] = ("frr",)   # nhrpd's user: never dropped for slowness
     event_socket: str = ""
     cert_store: str = ""
     nss_dir: str = "/var/lib/ipsec/nss"
@@ -127,7 +128,8 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
               "version": ("libreswan_version", F.choice("auto", "4", "5")),
               "nss-dir": ("nss_dir", F.path)},
     "vici": {"socket": ("vici_socket", F.socket_path), "mode": ("vici_mode", F.mode),
-             "group": ("vici_group", F.str_)},
+             "group": ("vici_group", F.str_),
+             "protected-users": ("vici_protected_users", F.str_list)},
     "nhrp-events": {"socket": ("event_socket", F.socket_path), "cert-store": ("cert_store", F.path)},
 }
 CONN_SPEC: dict[str, Callable[[yaml.Node], Any]] = {

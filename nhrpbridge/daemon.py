@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .bus import Bus, Listen
 from .config import Config
-from .errors import ControlError, ErrorCode, StateError
+from .errors import ConfigError, ControlError, ErrorCode, StateError
 from .ingest import BATCH, Ingestor
 from .listen import Listeners, raise_fd_limit
 from .loginterp import LogInterpreter
@@ -84,7 +84,8 @@ class Daemon:
         self.controller: Controller | None = None   # initiate/terminate, optional
         self.log_follower: Follower | None = None   # pluto's log, optional
         self.servers: list[Server] = []     # front-ends with sockets, started in order
-        self.reloaders: list[Callable[[], str]] = []   # what SIGHUP re-reads in place
+        self.config_loader: Callable[[], Config] | None = None   # reload: the file again
+        self.reconfigure: list[Callable[[Config], None]] = []     # parts that take a new one
         self.log_interp = LogInterpreter()
         self.log_interp_untrusted = LogInterpreter()
         self.extra_state: dict[str, Any] = {}   # other parts' persisted data (kept in place)
@@ -348,11 +349,37 @@ class Daemon:
                       "next start applies them again", self.db.seq)
 
     def on_sighup(self) -> None:
-        """SIGHUP (the operator's "reload", systemd's ExecReload): re-read what can change
-        in place; never die of it (the default action)."""
-        done = [reload() for reload in self.reloaders]
-        log.info("SIGHUP: %s; other configuration changes need a restart",
-                 "; ".join(done) if done else "nothing to reload in place")
+        """SIGHUP (systemd's ExecReload): the same as `nhrpbridge reload`; never die of it
+        (the default action)."""
+        self.reload()
+
+    def reload(self) -> dict[str, Any]:
+        """Read the config file again; apply what can change in place (reload.py), report
+        the rest; reload the certificate store. A config with problems changes nothing."""
+        from .reload import merge
+        sd_notify("RELOADING=1")
+        try:
+            if self.config_loader is None:
+                result: dict[str, Any] = {"reloaded": True, "changed": [], "needs-restart": [],
+                                          "note": "no config file (--state-dir): only the "
+                                                  "certificate store is read again"}
+                new = self.cfg
+            else:
+                try:
+                    new = self.config_loader()
+                except ConfigError as exc:
+                    log.error("reload refused, the running configuration stays:\n%s", exc)
+                    return {"reloaded": False, "problems": [str(p) for p in exc.problems]}
+                new, result = merge(self.cfg, new)
+            self.cfg = new
+            for part in self.reconfigure:
+                part(new)
+            log.info("reloaded: %s changed in place%s", ", ".join(result["changed"]) or "nothing",
+                     "; needs a restart (nhrpbridge restart): " + ", ".join(result["needs-restart"])
+                     if result["needs-restart"] else "")
+            return result
+        finally:
+            sd_notify("READY=1")
 
     def stop(self) -> None:
         self._stop.set()

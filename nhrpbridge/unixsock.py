@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from .errors import SocketInUse
 
-__all__ = ["PeerCred", "bind_unix", "group_ids", "may_control", "peer_cred"]
+__all__ = ["PeerCred", "bind_unix", "group_ids", "may_control", "peer_cred", "user_ids"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,17 @@ def group_ids(names: tuple[str, ...] | list[str]) -> frozenset[int]:
     for name in names:
         try:
             out.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    return frozenset(out)
+
+
+def user_ids(names: tuple[str, ...] | list[str]) -> frozenset[int]:
+    """uids of the named users; unknown names are ignored (a host without FRR)."""
+    out: set[int] = set()
+    for name in names:
+        try:
+            out.add(pwd.getpwnam(name).pw_uid)
         except KeyError:
             pass
     return frozenset(out)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .backlog import Backlog, Pool
+from .backlog import SOFT, Backlog, Pool
 from .bus import Control, Listen
 from .errors import ControlError, LocalProtocolError, RemoteProtocolError
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
@@ -52,7 +52,8 @@ class ViciConnection:
         self.decoder = Decoder()
         self.events: set[str] = set()
         self.queue: asyncio.Queue[Packet] = asyncio.Queue()
-        self.backlog = Backlog(writer.transport, self._drop, server.pool)
+        self.protected = cred.uid == 0 or cred.uid in server.protected_uids
+        self.backlog = Backlog(writer.transport, self._drop, server.pool, self.protected)
         self.closed = False
 
     def send(self, packet: Packet | bytes) -> None:
@@ -113,6 +114,13 @@ class ViciConnection:
     async def _work(self) -> None:
         while True:
             packet = await self.queue.get()
+            if self.protected and self.writer.transport.get_write_buffer_size() > SOFT:
+                # behind (nhrpd busy): answer its next request once it caught up, so no
+                # dump piles on top; events still go out meanwhile
+                try:
+                    await self.writer.drain()
+                except ConnectionError:
+                    pass
             try:
                 await self.server.handle(self, packet)
             except RemoteProtocolError as exc:
@@ -139,12 +147,14 @@ class ViciServer:
 
     def __init__(self, db: SaDatabase, control: Control, listen: Listen, path: str, mode: int,
                  group: str, allowed_gids: frozenset[int], cert_lookup: CertLookup | None = None,
-                 pool: Pool | None = None, clock: Callable[[], float] = time.time):
+                 pool: Pool | None = None, clock: Callable[[], float] = time.time,
+                 protected_uids: frozenset[int] = frozenset()):
         self.db = db
         self.control = control
         self.listen = listen
         self.path, self.mode, self.group = path, mode, group
         self.allowed_gids = allowed_gids
+        self.protected_uids = protected_uids      # and root: never dropped for reading slowly
         self.cert_lookup = cert_lookup
         self.pool = pool
         self.clock = clock

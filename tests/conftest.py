@@ -39,6 +39,16 @@ def wait_until(cond, timeout=10.0, step=0.02, what="condition"):
         time.sleep(step)
 
 
+async def until(cond, timeout=10.0, step=0.01, what="condition"):
+    """wait_until for coroutines: poll `cond` without blocking the loop."""
+    import asyncio
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(step)
+
+
 class DaemonProc:
     """`nhrpbridge serve --state-dir DIR` as a real process."""
 

@@ -8,6 +8,7 @@ start, no bound socket, the same code paths after accept().
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -26,12 +27,27 @@ class MemoryListen:
         self.handlers[path] = handler
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))       # with the traceback, if any
+
+
 class MemoryDaemon:
-    def __init__(self, cfg: Config, options: Options = Options(pluto=False)):
+    def __init__(self, cfg: Config, options: Options = Options(pluto=False), loader=None):
         self.cfg = cfg
+        self._log = _Lines()
+        logger = logging.getLogger("nhrpbridge")
+        self._level = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self._log)
         self.state_dir = Path(cfg.state_dir)
         self.listen = MemoryListen()
-        self.daemon = build_daemon(cfg, options, self.listen)
+        self.daemon = build_daemon(cfg, options, self.listen, loader)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -57,6 +73,10 @@ class MemoryDaemon:
         if self.error:
             raise self.error
         return self
+
+    def log_text(self) -> str:
+        """What the daemon logged (a process would have written it to stderr)."""
+        return "\n".join(self._log.lines)
 
     @property
     def socket(self) -> str:
@@ -87,5 +107,8 @@ class MemoryDaemon:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.daemon.stop)
             self.thread.join(20)
+        logger = logging.getLogger("nhrpbridge")
+        logger.removeHandler(self._log)
+        logger.setLevel(self._level)
         if self.error:
             raise self.error

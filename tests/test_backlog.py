@@ -51,3 +51,27 @@ def test_slow_reader_is_kept_stalled_one_dropped_hard_cap_at_once():
         await asyncio.sleep(0.4)
         assert dropped == []
     asyncio.run(scenario())
+
+
+def test_protected_client_is_kept_behind_and_only_a_gigabyte_drops_it():
+    """nhrpd's VICI connection: dropping it costs every spoke its registration."""
+    from nhrpbridge.backlog import HARD, PROTECTED_HARD
+    pool = Pool(limit=SOFT, stall=0.05)
+
+    async def scenario():
+        dropped = []
+        t = StandInTransport()
+        b = Backlog(t, dropped.append, pool, protected=True)
+        t.pending = HARD + 1                     # past the hard limit of everybody else
+        b.wrote(HARD + 1)
+        await asyncio.sleep(0.2)                 # and past the stall time and the pool
+        b.wrote(0)
+        assert dropped == []
+        other = Backlog(StandInTransport(), dropped.append, pool)
+        other.transport.pending = SOFT + 1
+        other.wrote(SOFT + 1)                    # the pool is over: the unprotected one goes
+        assert len(dropped) == 1 and "global limit" in dropped[0]
+        t.pending = PROTECTED_HARD + 1
+        b.wrote(1)
+        assert len(dropped) == 2 and "protected" in dropped[1]
+    asyncio.run(scenario())

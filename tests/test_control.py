@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import DATA, DaemonProc, wait_until
+from conftest import DATA, DaemonProc, until, wait_until
 
 from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config, ConnConfig
@@ -69,7 +69,7 @@ def test_ten_concurrent_initiates_one_whack_call_ten_identical_replies(tmp_path)
 
     async def scenario():
         tasks = [asyncio.create_task(ctl.initiate("dmvpn", R)) for _ in range(10)]
-        await asyncio.sleep(0.3)
+        await until(lambda: len(ctl.waiters) == 10 and runner.named("--initiate"))
         assert len(runner.named("--initiate")) == 1
         d.apply(child_up(conn="dmvpn-198-51-100-12"))      # the hook reports the SA
         return await asyncio.gather(*tasks)
@@ -95,7 +95,7 @@ def test_peer_initiating_while_ours_is_pending_resolves_it(tmp_path):
 
     async def scenario():
         task = asyncio.create_task(ctl.initiate("dmvpn", R))
-        await asyncio.sleep(0.1)
+        await until(lambda: ctl.waiters)
         d.apply(child_up(conn="dmvpn"))                   # the peer came in on the template
         return await task
     assert asyncio.run(scenario())["result"] == "up"
@@ -109,7 +109,7 @@ def test_state_with_the_peer_in_showstates_means_no_initiate(tmp_path):
 
     async def scenario():
         task = asyncio.create_task(ctl.initiate("dmvpn", R))
-        await asyncio.sleep(0.2)
+        await until(lambda: ctl.stats["skipped-race"] == 1)
         d.apply(child_up(conn="dmvpn"))
         return await task
     r = asyncio.run(scenario())
@@ -125,8 +125,9 @@ def test_per_peer_conn_added_once_reused_and_deleted_after_idle(tmp_path):
     ctl.clock = lambda: now[0]
 
     async def up_then_down():
+        before = len(runner.named("--initiate"))
         t = asyncio.create_task(ctl.initiate("dmvpn", R))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(runner.named("--initiate")) > before)
         d.apply(child_up(conn="dmvpn-198-51-100-12", spi=len(runner.calls) * 10))
         await t
         d.apply(replace_down(d))
@@ -290,10 +291,7 @@ def test_transient_failure_is_retried_in_the_background(tmp_path):
     async def scenario():
         r = await ctl.initiate("dmvpn", R, wait=False)       # answered at once
         assert r == {"result": "retrying"}
-        for _ in range(100):
-            if runner.named("--initiate"):
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: runner.named("--initiate"))
         d.apply(child_up(conn="dmvpn-198-51-100-12"))
         return await ctl.initiate("dmvpn", R)
     assert asyncio.run(scenario())["result"] == "already-up"
@@ -333,10 +331,10 @@ def test_shortcut_higher_address_lets_the_peer_initiate(tmp_path):
     async def scenario():
         r = await ctl.initiate("dmvpn", "198.51.100.5", local=L, wait=False, shortcut=True)
         assert r == {"result": "yielding-to-peer"}          # 198.51.100.11 > .5
-        await asyncio.sleep(0.3)
+        await until(lambda: runner.named("--showstates"))     # it is looking: the peer starts
         runner.showstates = ('000 #9: "dmvpn"[2] 198.51.100.5:500 STATE_V2_PARENT_R1 '
                              '(sent IKE_SA_INIT reply); idle;\n')
-        await asyncio.sleep(0.6)
+        await until(lambda: ctl.stats.get("yielded"))
     asyncio.run(scenario())
     assert runner.named("--initiate") == [] and ctl.stats.get("yielded") == 1
     # the lower end initiates at once; a peer that never starts is initiated after the wait
@@ -349,7 +347,7 @@ def test_shortcut_higher_address_lets_the_peer_initiate(tmp_path):
 
     async def lonely():
         await ctl3.initiate("dmvpn", "198.51.100.5", local=L, wait=False, shortcut=True)
-        await asyncio.sleep(1.5)
+        await until(lambda: runner3.named("--initiate"), timeout=5)
     asyncio.run(lonely())
     assert len(runner3.named("--initiate")) == 1
 
@@ -365,7 +363,7 @@ def test_remote_host_initiate_is_not_blocked_by_other_peers_of_the_template(tmp_
 
     async def scenario():
         task = asyncio.create_task(ctl.initiate("dmvpn", "198.51.100.13"))
-        await asyncio.sleep(0.3)
+        await until(lambda: runner.named("--initiate"))
         task.cancel()
     asyncio.run(scenario())
     assert ["ipsec", "whack", "--name", "dmvpn", "--remote-host", "198.51.100.13", "--initiate",

@@ -291,13 +291,15 @@ def test_socket_mode_and_control_ops_need_privilege(sockdir):
         assert st.st_gid == grp.getgrnam("nogroup").gr_gid
         code = ("import json,sys; from nhrpbridge.client import ApiClient; c=ApiClient(sys.argv[1]);"
                 "print(json.dumps([c.request('list')['ok'],"
-                " c.request('initiate', connection='dmvpn', **{'remote-host':'192.0.2.1'})]))")
+                " c.request('initiate', connection='dmvpn', **{'remote-host':'192.0.2.1'}),"
+                " c.request('reload')]))")
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                               sys.executable, "-c", code, d.socket], capture_output=True,
                              text=True, cwd=Path(__file__).parents[1], timeout=30)
-        listed, initiate = json.loads(out.stdout)
+        listed, initiate, reload = json.loads(out.stdout)
         assert listed is True
         assert initiate["error"]["code"] == "permission-denied"
+        assert reload["error"]["code"] == "permission-denied"
         # not in the group at all: the socket mode keeps it out
         out = subprocess.run(["setpriv", "--reuid=65534", "--regid=1", "--clear-groups",
                               sys.executable, "-c", code, d.socket], capture_output=True,

@@ -1,12 +1,16 @@
 """nhrpd's event socket: authorize-binding in nhrpd's exact format, faults, concurrency."""
 import socket
 import time
+from dataclasses import replace
 
 import pytest
 from certgen import der, make_ca, make_cert, pem
 from conftest import DaemonProc, run_hook, up_env, wait_until
+from memory import MemoryDaemon
 
+from nhrpbridge.assemble import Options
 from nhrpbridge.client import ApiClient
+from nhrpbridge.config import Config
 from nhrpbridge.protocol.nhrpevent import Decoder
 
 SPOKE1 = "C=XX, O=DMVPN Lab, CN=spoke1.dmvpn.example"
@@ -37,8 +41,7 @@ def replies(sock, n, timeout=5.0):
     return out
 
 
-@pytest.fixture
-def hub(sockdir):
+def _store(sockdir):
     ca = make_ca()
     store = sockdir / "peers"
     store.mkdir()
@@ -46,35 +49,55 @@ def hub(sockdir):
                                                      ips=["203.0.113.11"])[1]))
     (store / "spoke3.pem").write_bytes(pem(make_cert(ca, "spoke3.dmvpn.example")[1]))   # no SAN
     (store / "broken.pem").write_bytes(b"junk")
-    ev = sockdir / "nhrp-events.sock"
-    d = DaemonProc(sockdir / "state", "--nhrp-event-socket", str(ev), "--cert-store", str(store),
-                   "--policy", "gre-ip-in-cert-san")
-    d.events = str(ev)
-    d.start()
-    wait_until(lambda: ev.exists(), what="event socket")
-    spool = d.state_dir / "spool"
+    return store
+
+
+def _two_spokes(spool, links):
     run_hook(up_env(peer="198.51.100.11", peer_id=SPOKE1), spool, "--no-chain")
     run_hook(up_env(peer="198.51.100.13", peer_id=SPOKE3, spi_in="0x33"), spool, "--no-chain")
-    with_links = lambda: len(ApiClient(d.socket).request("list")["links"]) == 2
-    wait_until(with_links, what="links")
+    wait_until(lambda: links() == 2, what="links")
+
+
+@pytest.fixture
+def hub(sockdir):
+    """The assembled daemon in memory (tests/memory.py): event socket, store, policy."""
+    ev = sockdir / "nhrp-events.sock"
+    cfg = replace(Config.for_state_dir(sockdir / "state"), event_socket=str(ev),
+                  cert_store=str(_store(sockdir)))
+    d = MemoryDaemon(cfg, Options(policy="gre-ip-in-cert-san", pluto=False)).start()
+    d.events = str(ev)
+    _two_spokes(d.state_dir / "spool", lambda: len(d.daemon.db.links))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def hub_proc(sockdir):
+    """The same as a real process, for the CLI."""
+    d = DaemonProc(sockdir / "state", "--cert-store", str(_store(sockdir)),
+                   "--policy", "gre-ip-in-cert-san").start()
+    _two_spokes(d.state_dir / "spool",
+                lambda: len(ApiClient(d.socket).request("list")["links"]))
     yield d
     d.kill9()
 
 
-def connect(path):
+def connect(path, hub=None):
+    if hub is not None:
+        return hub.connect(path)
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
     return s
 
 
 def test_accept_reject_in_nhrpds_format(hub):
-    s = connect(hub.events)
+    s = connect(hub.events, hub)
     s.sendall(block(1) + block(2, remote_addr="203.0.113.99") + block(3, "198.51.100.13", "203.0.113.13")
               + block(4, "198.51.100.200", "203.0.113.200"))
     got = replies(s, 4)
     assert got == [{"eventid": "1", "result": "accept"}, {"eventid": "2", "result": "reject"},
                    {"eventid": "3", "result": "reject"}, {"eventid": "4", "result": "reject"}]
-    log = hub.log.read_text()
+    log = hub.log_text()
     assert "binding-accepted: GRE 203.0.113.11 from NBMA 198.51.100.11" in log
     assert "203.0.113.99 is not in the subjectAltNames of CN=spoke1.dmvpn.example" in log
     assert "no IPsec Child SA for this NBMA pair" in log
@@ -82,9 +105,9 @@ def test_accept_reject_in_nhrpds_format(hub):
 
 
 def test_decisions_are_published_to_subscribers(hub):
-    with ApiClient(hub.socket, timeout=10) as c:
+    with ApiClient(timeout=10, sock=hub.connect()) as c:
         c.send({"op": "subscribe", "id": 1})
-        s = connect(hub.events)
+        s = connect(hub.events, hub)
         s.sendall(block(7))
         for msg in c.messages():
             if msg["type"] == "binding-accepted":
@@ -94,7 +117,7 @@ def test_decisions_are_published_to_subscribers(hub):
 
 
 def test_malformed_blocks_are_answered_or_logged_never_hang(hub):
-    s = connect(hub.events)
+    s = connect(hub.events, hub)
     s.sendall(b"eventid=5\nevent=authorize-binding\n\n"          # no NBMA/GRE: reject
               b"event=authorize-binding\nremote_nbma=1.2.3.4\n\n"  # no eventid: cannot answer
               b"\xff\xfe garbage without equals\n\n"
@@ -103,35 +126,31 @@ def test_malformed_blocks_are_answered_or_logged_never_hang(hub):
     got = replies(s, 3)
     assert got == [{"eventid": "5", "result": "reject"}, {"eventid": "6", "result": "default"},
                    {"eventid": "8", "result": "accept"}]
-    assert "without a usable eventid" in hub.log.read_text()
+    assert "without a usable eventid" in hub.log_text()
 
 
 def test_partial_block_then_disconnect_and_reconnect(hub):
-    s = connect(hub.events)
+    s = connect(hub.events, hub)
     s.sendall(block(9)[:40])
     s.close()
-    wait_until(lambda: "in the middle of a block" in hub.log.read_text(), what="log line")
-    s = connect(hub.events)
+    wait_until(lambda: "in the middle of a block" in hub.log_text(), what="log line")
+    s = connect(hub.events, hub)
     s.sendall(block(10))
     assert replies(s, 1) == [{"eventid": "10", "result": "accept"}]
 
 
 def test_oversized_block_closes_only_that_connection(hub):
-    s = connect(hub.events)
+    s = connect(hub.events, hub)
     s.sendall(b"eventid=1\nremote_cert=" + b"a" * 70000)
     s.settimeout(5)
     assert s.recv(100) == b""
-    assert replies(connect_send(hub.events, block(11)), 1) == [{"eventid": "11", "result": "accept"}]
-
-
-def connect_send(path, data):
-    s = connect(path)
-    s.sendall(data)
-    return s
+    s = connect(hub.events, hub)
+    s.sendall(block(11))
+    assert replies(s, 1) == [{"eventid": "11", "result": "accept"}]
 
 
 def test_hundred_concurrent_events_all_answered_within_a_second(hub):
-    socks = [connect(hub.events) for _ in range(4)]
+    socks = [connect(hub.events, hub) for _ in range(4)]
     start = time.monotonic()
     for i, s in enumerate(socks):
         s.sendall(b"".join(block(i * 25 + j, remote_addr="203.0.113.11" if j % 2 else "203.0.113.98")
@@ -145,7 +164,8 @@ def test_hundred_concurrent_events_all_answered_within_a_second(hub):
     assert all(results[i] == ("accept" if (i % 25) % 2 else "reject") for i in range(100))
 
 
-def test_api_authorize_dry_run_and_cli(hub):
+def test_api_authorize_dry_run_and_cli(hub_proc):
+    hub = hub_proc
     with ApiClient(hub.socket) as c:
         r = c.request("authorize", connection="dmvpn", **{"remote-nbma": "198.51.100.11",
                                                            "gre-address": "203.0.113.11"})
