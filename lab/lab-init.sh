@@ -238,6 +238,36 @@ for n in sys.argv[2:]:
     R4=PASS; else R4=FAIL; fi
   scenario forged-registration $R4 "spoke3 claims 203.0.113.13 with a certificate for 203.0.113.99: $(echo "$REJ" | sed 's/.*binding-rejected: //' | cut -c1-150); hub cache entry for .13: '$(hub_has 203.0.113.13 | head -1)'"
 
+  nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
+           -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
+
+  # ---- 8. hitless restart: `nhrpbridge restart` on the hub during pings --------------
+  # nhrpd keeps its VICI connection (it logs "VICI: Connected" on every (re)connect and
+  # resets every VC, deleting the dynamic cache, when it loses one): the count must not
+  # move, the cache must keep both spokes, the pings must go on
+  echo "T hitless-start $(up)"
+  R8=PASS; W8=""
+  VC0=$(grep -ac 'VICI: Connected' $LABOUT/hub/nhrpd.log)
+  PID0=$(cat /tmp/lab/hub/nb.pid)
+  C0=$(vt hub 'show ip nhrp cache' | grep -cE '^gre1 +dynamic +203\.0\.113\.1[12] ')
+  ip netns exec labspoke1 ping -c 50 -i 0.2 -W 1 203.0.113.1 > /tmp/lab/ping-hitless.txt 2>&1 &
+  PP=$!
+  sleep 2
+  HR=$(nb hub restart --json --timeout 120); HRC=$?
+  echo "T hitless-restarted $(up)"
+  wait $PP
+  RX=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' /tmp/lab/ping-hitless.txt)
+  VC1=$(grep -ac 'VICI: Connected' $LABOUT/hub/nhrpd.log)
+  PID1=$(cat /tmp/lab/hub/nb.pid)
+  C1=$(vt hub 'show ip nhrp cache' | grep -cE '^gre1 +dynamic +203\.0\.113\.1[12] ')
+  KEPT=$(nblog hub | grep -o 'restarted: [0-9]* listening sockets and [0-9]* of [0-9]* connections kept, seq [0-9]*' | tail -1)
+  [ "$HRC" -eq 0 ] && echo "$HR" | grep -q '"restarted": true' || { R8=FAIL; W8="$W8 restart failed: $HR;"; }
+  [ "$VC0" = "$VC1" ] || { R8=FAIL; W8="$W8 nhrpd reconnected to VICI ($VC0 -> $VC1);"; }
+  [ "$PID0" = "$PID1" ] || { R8=FAIL; W8="$W8 the respawn loop started a new process;"; }
+  [ "$C0" -eq 2 ] && [ "$C1" -eq 2 ] || { R8=FAIL; W8="$W8 hub cache entries $C0 -> $C1;"; }
+  [ "${RX:-0}" -ge 49 ] || { R8=FAIL; W8="$W8 only ${RX:-0}/50 pings answered;"; }
+  scenario hitless-restart $R8 "hub: nhrpbridge restart -> $(echo "$HR" | tr -d '\n' | cut -c1-100); nhrpd 'VICI: Connected' $VC0 -> $VC1; hub cache dynamic spokes $C0 -> $C1; pings spoke1->hub ${RX:-0}/50; '$KEPT';$W8"
+
   # ---- 6. restarts -------------------------------------------------------------------
   serials() { wk hub --showstates | grep -o '#[0-9]*: "dmvpn' | sort -u | tr '\n' ' '; }
   S0=$(serials)
@@ -280,8 +310,6 @@ for n in sys.argv[2:]:
   scenario restarts $R6 "hub IKE serials before/after nhrpbridge and nhrpd restarts: [$S0] [$S1] [$S2]; spoke1 pluto kill -> link-down -> SA back via nhrpd;$W6"
 
   # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
-  nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
-           -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
   echo "T whack-start $(up)"
   R7=PASS; W7=""
   PV=$(ipsec --version 2>&1 | sed -n 's/.*Libreswan U\{0,1\}\([0-9]*\.[0-9]*\).*/\1/p' | head -1)

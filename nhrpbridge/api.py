@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from .authorize import Authorizer
 from .backlog import Backlog, Pool
 from .bus import Bus, Control, Listen
 from .errors import ControlError, ErrorCode, RemoteProtocolError
+from .handover import Passed, inheritable_dup, pause_reading, unread
 from .protocol import jsonl
 from .sa import Event
 from .sadb import SaDatabase
@@ -33,8 +37,9 @@ from .wire import child_dict, connection_of, dump, event_dict, ike_dict, link_di
 __all__ = ["CAPABILITIES", "ApiConnection", "ApiServer"]
 
 log = logging.getLogger("nhrpbridge.api")
-CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize", "reload"]
-CONTROL_OPS = {"initiate", "terminate", "resync", "reload"}
+CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize", "reload",
+                "restart"]
+CONTROL_OPS = {"initiate", "terminate", "resync", "reload", "restart"}
 
 
 class ApiServer:
@@ -53,6 +58,7 @@ class ApiServer:
         self.pool = pool
         self.connections: set[ApiConnection] = set()
         self._last: tuple[Event | None, bytes] = (None, b"")
+        self.started = time.time()   # `hello` tells a restarted program from the old one
 
     def encoded(self, ev: Event) -> bytes:
         """One encoding per event, shared by every subscriber (the bus hands each event
@@ -73,6 +79,49 @@ class ApiServer:
         finally:
             self.connections.discard(conn)
 
+    # ---- restarts (handover.py)
+
+    kind = "api"
+
+    def pause(self) -> None:
+        for c in self.connections:
+            if not c.closed:
+                pause_reading(c.writer)
+
+    async def settle(self, deadline: float) -> None:
+        live = [c for c in self.connections if not c.closed]
+        while time.monotonic() < deadline and any(
+                c.tasks or c.writer.transport.get_write_buffer_size() for c in live if not c.closed):
+            await asyncio.sleep(0.01)
+
+    def export(self) -> list[Passed]:
+        out = []
+        for c in [c for c in self.connections if not c.closed]:
+            if c.tasks or c.writer.transport.get_write_buffer_size() or c.reader is None:
+                log.warning("API client pid=%d not settled in time: closed, not handed over",
+                            c.cred.pid)
+                c.close(abort=True)
+                continue
+            sock = c.writer.get_extra_info("socket")
+            out.append(Passed(self.kind, inheritable_dup(sock.fileno()),
+                              {"subscribed": c.subscribed},
+                              unread(c.reader) + c.decoder.buffered()))
+            c.close(abort=True)
+        return out
+
+    async def adopt(self, passed: Passed) -> None:
+        sock = socket.socket(fileno=passed.fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        conn = ApiConnection(self, writer, peer_cred(sock))
+        conn.decoder.feed(passed.data)
+        subscribed = passed.state.get("subscribed", False)
+        if subscribed is None or isinstance(subscribed, str):
+            conn.subscribed = subscribed
+            self.bus.add_sink(conn)
+        self.connections.add(conn)
+        task = asyncio.get_running_loop().create_task(conn.serve(reader))
+        task.add_done_callback(lambda _t: self.connections.discard(conn))
+
 
 class ApiConnection:
     def __init__(self, server: ApiServer, writer: asyncio.StreamWriter, cred: PeerCred):
@@ -82,6 +131,7 @@ class ApiConnection:
         self.decoder = jsonl.Decoder()
         self.subscribed: str | bool | None = False   # False, or the connection filter
         self.backlog = Backlog(writer.transport, self._drop, server.pool)
+        self.reader: asyncio.StreamReader | None = None
         self.closed = False
         self.tasks: set[asyncio.Task] = set()
 
@@ -131,11 +181,10 @@ class ApiConnection:
     # ---- input
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
         try:
+            data = b""                   # an adopted connection may hold requests already
             while not self.closed:
-                data = await reader.read(65536)
-                if not data:
-                    break
                 self.decoder.feed(data)
                 while not self.closed:
                     try:
@@ -148,6 +197,9 @@ class ApiConnection:
                     if msg is None:
                         break
                     self.handle(msg)
+                data = await reader.read(65536)
+                if not data:
+                    break
         except (ConnectionError, OSError):
             pass
         finally:
@@ -191,7 +243,8 @@ class ApiConnection:
             self.send(err)
             return
         body = {"type": "hello", "ok": True, "version": jsonl.PROTOCOL_VERSION,
-                "server": f"nhrpbridge {__version__}", "capabilities": CAPABILITIES}
+                "server": f"nhrpbridge {__version__}", "capabilities": CAPABILITIES,
+                "pid": os.getpid(), "started": self.server.started}
         if req_id is not None:
             body["id"] = req_id
         self.send(body)
@@ -234,6 +287,10 @@ class ApiConnection:
     def op_reload(self, req_id: Any, msg: dict[str, Any]) -> None:
         """Read the config file again (see reload.py); the reply says what changed."""
         self.reply(req_id, **self.server.control.reload())
+
+    def op_restart(self, req_id: Any, msg: dict[str, Any]) -> None:
+        """Exec the program on disk; this and every connection stay open (handover.py)."""
+        self._spawn(req_id, self.server.control.restart())
 
     def op_initiate(self, req_id: Any, msg: dict[str, Any]) -> None:
         conn, remote = _req_str(msg, "connection"), _req_str(msg, "remote-host")

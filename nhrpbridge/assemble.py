@@ -73,13 +73,16 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
         from .sources.logfollow import make_follower
         daemon.log_follower = make_follower(cfg.pluto_log)
 
-    daemon.servers.append(ApiServer(daemon.db, daemon.bus, daemon, authorizer, daemon.listen,
-                                    cfg.api_socket, cfg.api_mode, cfg.api_group, allowed_gids,
-                                    pool))
+    api = ApiServer(daemon.db, daemon.bus, daemon, authorizer, daemon.listen, cfg.api_socket,
+                    cfg.api_mode, cfg.api_group, allowed_gids, pool)
+    daemon.servers.append(api)
+    daemon.handovers[api.kind] = api
     if cfg.event_socket:
         from .eventsocket import NhrpEventServer
-        daemon.servers.append(NhrpEventServer(authorizer, daemon.listen, cfg.event_socket,
-                                              cfg.vici_mode, cfg.vici_group, pool))
+        events = NhrpEventServer(authorizer, daemon.listen, cfg.event_socket, cfg.vici_mode,
+                                 cfg.vici_group, pool)
+        daemon.servers.append(events)
+        daemon.handovers[events.kind] = events
     if cfg.vici_socket:
         from .viciserver import ViciServer
         vici = ViciServer(daemon.db, daemon, daemon.listen, cfg.vici_socket, cfg.vici_mode,
@@ -87,6 +90,7 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
                           protected_uids=user_ids(cfg.vici_protected_users))
         daemon.bus.add_sink(vici)
         daemon.servers.append(vici)
+        daemon.handovers[vici.kind] = vici
     return daemon
 
 

@@ -101,7 +101,8 @@ class Authorizer:
 
     def load_local_cert(self) -> None:
         """Read our certificate now (before the loop runs, or in a CLI dry run)."""
-        self._local = (time.monotonic(), self._read_local())
+        if self.local_nick and self.nss_dir:
+            self._local = (time.monotonic(), self._read_local())
 
     async def _refresh(self) -> None:
         try:

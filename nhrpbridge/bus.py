@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .sa import Event
 
-__all__ = ["Bus", "Control", "Handler", "Listen", "Sink"]
+__all__ = ["Bus", "Control", "Controller", "Follower", "Handler", "Listen", "Server", "Sink"]
 
 log = logging.getLogger("nhrpbridge")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -47,11 +47,41 @@ class Control(Protocol):
 
     def reload(self) -> dict[str, Any]: ...
 
+    async def restart(self) -> dict[str, Any]: ...
+
 
 class Listen(Protocol):
     """Bind `path` with `mode`/`group` and serve each connection with `handler`."""
 
     async def __call__(self, path: str, mode: int, group: str, handler: Handler) -> None: ...
+
+
+class Controller(Protocol):
+    """The pluto controller as the daemon drives it (control.py)."""
+
+    async def initiate(self, connection: str, remote: str, local: str | None,
+                       timeout: float | None, wait: bool = True,
+                       shortcut: bool = False) -> dict[str, Any]: ...
+    async def terminate(self, connection: str, remote: str | None,
+                        ike_id: int | None) -> dict[str, Any]: ...
+    async def reconcile(self) -> dict[str, Any]: ...
+    async def run(self) -> None: ...
+    def restore(self, saved: dict[str, list[str]] | None) -> None: ...
+
+
+class Follower(Protocol):
+    """A pluto log follower (sources/logfollow.py)."""
+
+    async def start(self, sink: Callable[[list[str], bool], None],
+                    pos: dict[str, Any] | None) -> None: ...
+    def position(self) -> dict[str, Any]: ...
+    async def aclose(self) -> None: ...
+
+
+class Server(Protocol):
+    """A front-end with sockets of its own, started after the API socket."""
+
+    async def start(self) -> None: ...
 
 
 class Bus:

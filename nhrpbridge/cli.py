@@ -218,6 +218,38 @@ def cmd_resync(args: argparse.Namespace) -> int:
     return _control(args, "resync")
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Ask for the restart on one connection, then wait on it for the new program's hello:
+    the connection is one of those handed over."""
+    import time
+    t0 = time.monotonic()
+    try:
+        with _client(args, timeout=args.timeout) as c:
+            before = c.request("hello")
+            reply = c.request("restart")
+            if reply.get("ok"):
+                after = c.request("hello")
+    except DaemonUnreachable as exc:
+        return _unreachable(exc)
+    except OSError as exc:
+        print(f"nhrpbridge restart: no answer from the new program: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not reply.get("ok"):
+        print(f"restart: {reply['error']['code']}: {reply['error']['message']}", file=sys.stderr)
+        return EXIT_FAIL
+    took = time.monotonic() - t0
+    ok = after.get("started", 0) > before.get("started", 0)
+    if args.json:
+        print(json.dumps({"restarted": ok, "pid": after.get("pid"), "seconds": round(took, 3),
+                          "server": after.get("server")}, sort_keys=True))
+    elif ok:
+        print(f"restarted: {after.get('server')}, pid {after.get('pid')}, {took:.2f} s; "
+              "connections kept")
+    else:
+        print("restart: the daemon answered but did not restart (see its log)", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     try:
         with _client(args) as c:
@@ -303,6 +335,6 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
              "check-config": cmd_check_config, "initiate": cmd_initiate,
-             "terminate": cmd_terminate, "resync": cmd_resync, "reload": cmd_reload, "replay": cmd_replay, "render": cmd_render,
+             "terminate": cmd_terminate, "resync": cmd_resync, "reload": cmd_reload, "restart": cmd_restart, "replay": cmd_replay, "render": cmd_render,
              "authorize": cmd_authorize,
              "version": cmd_version}

@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket_args(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("restart", help="restart the daemon without dropping nhrpd or any client",
+                       description="The running daemon execs the program on disk (an upgrade "
+                                   "takes effect) with the same arguments and pid; its sockets, "
+                                   "nhrpd's VICI connection, API subscribers and the nhrp event "
+                                   "socket stay open, and no event is lost or doubled. Exit 0 "
+                                   "once the new program answers.")
+    _add_socket_args(p)
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="give up waiting for the new program after S seconds (default 120)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("reload", help="re-read the config file and the certificate store in place",
                        description="The daemon reads its config file again (as on SIGHUP): "
                                    "policies, prefixes, timeouts, the certificate store and the "

@@ -21,15 +21,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
-from .bus import Bus, Listen
+from . import handover as ho
+from .bus import Bus, Controller, Follower, Listen, Server
 from .config import Config
-from .errors import ConfigError, ControlError, ErrorCode, StateError
+from .errors import ControlError, ErrorCode, StateError
 from .ingest import BATCH, Ingestor
 from .listen import Listeners, raise_fd_limit
 from .loginterp import LogInterpreter
 from .plutolog import Notice, parse_line
+from .reload import reload_config
 from .sa import Event
 from .sadb import SaDatabase
 from .spool import Spool, StateFile
@@ -40,34 +43,7 @@ __all__ = ["CHECKPOINT_INTERVAL", "Daemon"]
 log = logging.getLogger("nhrpbridge")
 CHECKPOINT_INTERVAL = 0.5
 POLL_INTERVAL = 2.0          # safety net if an inotify event is ever missed
-
-
-class Controller(Protocol):
-    """The pluto controller as the daemon drives it (control.py)."""
-
-    async def initiate(self, connection: str, remote: str, local: str | None,
-                       timeout: float | None, wait: bool = True,
-                       shortcut: bool = False) -> dict[str, Any]: ...
-    async def terminate(self, connection: str, remote: str | None,
-                        ike_id: int | None) -> dict[str, Any]: ...
-    async def reconcile(self) -> dict[str, Any]: ...
-    async def run(self) -> None: ...
-    def restore(self, saved: dict[str, list[str]] | None) -> None: ...
-
-
-class Follower(Protocol):
-    """A pluto log follower (sources/logfollow.py)."""
-
-    async def start(self, sink: Callable[[list[str], bool], None],
-                    pos: dict[str, Any] | None) -> None: ...
-    def position(self) -> dict[str, Any]: ...
-    async def aclose(self) -> None: ...
-
-
-class Server(Protocol):
-    """A front-end with sockets of its own, started after the API socket."""
-
-    async def start(self) -> None: ...
+HANDOVER_SETTLE = 10.0       # a restart waits this long for requests in flight and flushes
 
 
 class Daemon:
@@ -97,6 +73,9 @@ class Daemon:
         self._checkpointing = False
         self._bg: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handover: asyncio.Task[None] | None = None
+        self.handovers: dict[str, ho.HandsOver] = {}    # kind -> front-end kept across restarts
 
     def apply(self, change: Any, when: float | None = None) -> list[Event]:
         """Apply one change from any source, publish, and mark state dirty."""
@@ -292,6 +271,8 @@ class Daemon:
         raise_fd_limit()
         self.lock_state_dir()
         self.load_state()
+        if (passed := os.environ.pop(ho.HANDOVER_ENV, None)) is not None:
+            await self._adopt(Path(passed))        # before any event: subscribers see them all
         self.ingest_once()
         if self.log_follower is not None:
             await self.log_follower.start(self.apply_log_lines, self.extra_state.get("log"))
@@ -307,6 +288,61 @@ class Daemon:
         self._watch.start()
         for extra in self.servers:          # the API socket first (assemble.py)
             await extra.start()
+        if isinstance(self.listen, Listeners):
+            for path, fd in self.listen.inherited.items():     # no longer configured
+                log.warning("%s was handed over but is not configured now: closed", path)
+                os.close(fd)
+            self.listen.inherited.clear()
+
+    # ---- restart without dropping a client (handover.py)
+
+    async def restart(self) -> dict[str, Any]:
+        if self._handover is not None:
+            raise ControlError("a restart is already under way", ErrorCode.BAD_REQUEST)
+        if (problem := await asyncio.to_thread(ho.program_problem)) is not None:
+            raise ControlError(f"not restarting: the program on disk does not start ({problem})",
+                               ErrorCode.NOT_SUPPORTED)
+        self._handover = asyncio.get_running_loop().create_task(self._hand_over())
+        return {"restarting": True, "pid": os.getpid()}
+
+    async def _hand_over(self) -> None:
+        # runs right after the reply to `restart` was written: nothing is read from now on
+        for part in self.handovers.values():
+            part.pause()
+        sd_notify("RELOADING=1")
+        log.info("restarting: stopping ingestion, handing the sockets over")
+        for t in self._tasks:
+            t.cancel()
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+        for task in list(self._bg):
+            await task
+        self._watch.stop()
+        if self.log_follower is not None:
+            await self.log_follower.aclose()
+        listeners = self.listen if isinstance(self.listen, Listeners) else None
+        handover = await ho.collect(self.handovers, listeners, HANDOVER_SETTLE)
+        self.ingest_once()
+        if not self.checkpoint():
+            log.error("restart: state NOT saved; the next program applies the spool again")
+        path = self.cfg.state_dir / "handover.json"
+        ho.write(path, handover)
+        log.info("restart: %d listening sockets and %d connections handed over at seq %d; exec",
+                 len(handover.listeners), len(handover.connections), self.db.seq)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        ho.exec_self(path)
+
+    async def _adopt(self, path: Path) -> None:
+        try:
+            handover = ho.take(path)
+        except (OSError, StateError) as exc:
+            log.error("restart: handover %s not used (%s); starting fresh", path, exc)
+            return
+        listeners = self.listen if isinstance(self.listen, Listeners) else None
+        n = await ho.adopt(handover, self.handovers, listeners)
+        log.info("restarted: %d listening sockets and %d of %d connections kept, seq %d",
+                 len(handover.listeners), n, len(handover.connections), self.db.seq)
 
     async def run(self, on_ready: Callable[[], None] | None = None, signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or stop()); `signals=False` off the main thread."""
@@ -316,9 +352,9 @@ class Daemon:
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         await self.start()
-        tasks = [loop.create_task(self._ingest_loop())]
+        self._tasks = [loop.create_task(self._ingest_loop())]
         if self.controller is not None:
-            tasks.append(loop.create_task(self.controller.run()))
+            self._tasks.append(loop.create_task(self.controller.run()))
         log.info("ready: %d IKE SAs, %d Child SAs, %d links up", len(self.db.ike_sas),
                  len(self.db.child_sas), len(self.db.links))
         sd_notify("READY=1")
@@ -326,7 +362,7 @@ class Daemon:
             on_ready()
         await self._stop.wait()
         sd_notify("STOPPING=1")
-        for t in tasks:
+        for t in self._tasks:
             t.cancel()
         if self._checkpoint_timer is not None:
             self._checkpoint_timer.cancel()
@@ -354,32 +390,9 @@ class Daemon:
         self.reload()
 
     def reload(self) -> dict[str, Any]:
-        """Read the config file again; apply what can change in place (reload.py), report
-        the rest; reload the certificate store. A config with problems changes nothing."""
-        from .reload import merge
-        sd_notify("RELOADING=1")
-        try:
-            if self.config_loader is None:
-                result: dict[str, Any] = {"reloaded": True, "changed": [], "needs-restart": [],
-                                          "note": "no config file (--state-dir): only the "
-                                                  "certificate store is read again"}
-                new = self.cfg
-            else:
-                try:
-                    new = self.config_loader()
-                except ConfigError as exc:
-                    log.error("reload refused, the running configuration stays:\n%s", exc)
-                    return {"reloaded": False, "problems": [str(p) for p in exc.problems]}
-                new, result = merge(self.cfg, new)
-            self.cfg = new
-            for part in self.reconfigure:
-                part(new)
-            log.info("reloaded: %s changed in place%s", ", ".join(result["changed"]) or "nothing",
-                     "; needs a restart (nhrpbridge restart): " + ", ".join(result["needs-restart"])
-                     if result["needs-restart"] else "")
-            return result
-        finally:
-            sd_notify("READY=1")
+        """The config file again, in place (reload.py)."""
+        self.cfg, result = reload_config(self.cfg, self.config_loader, self.reconfigure)
+        return result
 
     def stop(self) -> None:
         self._stop.set()

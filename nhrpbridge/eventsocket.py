@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 
 from .authorize import Authorizer
 from .backlog import Backlog, Pool
 from .bus import Listen
 from .errors import RemoteProtocolError
+from .handover import Passed, inheritable_dup, pause_reading, unread
 from .protocol.nhrpevent import Decoder, encode_reply
 from .unixsock import peer_cred
 
@@ -34,14 +37,52 @@ class NhrpEventServer:
         self.path, self.mode, self.group = path, mode, group
         self.pool = pool
         self.stats = {"events": 0, "accepted": 0, "rejected": 0, "malformed": 0}
+        self.live: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, Decoder]] = {}
+        self._adopted: set[asyncio.Task[None]] = set()
+
+    # ---- restarts (handover.py): every question is answered at once, so settling is
+    # only flushing the answers
+
+    kind = "nhrp-events"
+
+    def pause(self) -> None:
+        for writer in self.live:
+            pause_reading(writer)
+
+    async def settle(self, deadline: float) -> None:
+        while time.monotonic() < deadline and any(
+                w.transport.get_write_buffer_size() for w in self.live):
+            await asyncio.sleep(0.01)
+
+    def export(self) -> list[Passed]:
+        out = []
+        for writer, (reader, dec) in list(self.live.items()):
+            del self.live[writer]
+            if not writer.transport.get_write_buffer_size():
+                sock = writer.get_extra_info("socket")
+                out.append(Passed(self.kind, inheritable_dup(sock.fileno()), {},
+                                  unread(reader) + dec.buffered()))
+            writer.transport.abort()
+        return out
+
+    async def adopt(self, passed: Passed) -> None:
+        sock = socket.socket(fileno=passed.fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        dec = Decoder()
+        dec.feed(passed.data)
+        task = asyncio.get_running_loop().create_task(self._client(reader, writer, dec))
+        self._adopted.add(task)
+        task.add_done_callback(self._adopted.discard)
 
     async def start(self) -> None:
         await self.listen(self.path, self.mode, self.group, self._client)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      dec: Decoder | None = None) -> None:
         cred = peer_cred(writer.get_extra_info("socket"))
         log.info("nhrpd event socket: connection from pid=%d uid=%d", cred.pid, cred.uid)
-        dec = Decoder()
+        dec = dec or Decoder()
+        self.live[writer] = (reader, dec)
 
         def drop(why: str) -> None:
             log.warning("nhrpd event socket: pid=%d does not read its answers (%s): dropped",
@@ -49,26 +90,29 @@ class NhrpEventServer:
             writer.transport.abort()
         backlog = Backlog(writer.transport, drop, self.pool)
         try:
+            data = b""                   # an adopted connection may hold a question already
             while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
                 dec.feed(data)
                 while (block := dec.next_block()) is not None:
                     reply = self.handle(block)
                     if reply and not writer.transport.is_closing():
                         writer.write(reply)
                         backlog.wrote(len(reply))
+                data = await reader.read(65536)
+                if not data:
+                    break
         except RemoteProtocolError as exc:
             log.warning("nhrpd event socket: %s; closing", exc)
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
-            if dec.pending:
+            mine = self.live.pop(writer, None) is not None     # else: handed over
+            if mine and dec.pending:
                 log.warning("nhrpd event socket: connection closed in the middle of a block "
                             "(%d bytes dropped, nothing to answer)", dec.pending)
             backlog.cancel()
-            writer.close()
+            if mine:
+                writer.close()
 
     def handle(self, block: dict[str, str]) -> bytes | None:
         self.stats["events"] += 1

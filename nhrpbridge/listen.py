@@ -11,8 +11,10 @@ import asyncio
 import logging
 import os
 import resource
+import socket
 
 from .bus import Handler
+from .handover import inheritable_dup
 from .unixsock import bind_unix, peer_cred
 
 __all__ = ["MAX_CLIENTS", "MAX_CLIENTS_PER_UID", "Listeners", "raise_fd_limit"]
@@ -30,10 +32,18 @@ class Listeners:
         self.refused = 0
         self._servers: list[asyncio.base_events.Server] = []
         self.paths: list[str] = []
+        self.inherited: dict[str, int] = {}     # path -> listening fd from the last process
 
     async def __call__(self, path: str, mode: int, group: str, handler: Handler) -> None:
-        """Bind `path` (never taking over a live socket) and serve it."""
-        sock = bind_unix(path, mode, group)
+        """Bind `path` (never taking over a live socket), or serve the socket the previous
+        process handed over for it."""
+        fd = self.inherited.pop(path, None)
+        if fd is not None:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            log.info("%s: serving the listening socket handed over", path)
+        else:
+            sock = bind_unix(path, mode, group)
 
         async def limited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             cred = peer_cred(writer.get_extra_info("socket"))
@@ -60,6 +70,16 @@ class Listeners:
         self._servers.append(server)
         self.paths.append(path)
         log.info("listening on %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
+
+    def export(self) -> dict[str, int]:
+        """Hand the listening sockets over: path -> an inheritable copy of each; stop
+        accepting here (clients wait in the backlog), keep the socket files."""
+        out = {}
+        for path, server in zip(self.paths, self._servers, strict=True):
+            out[path] = inheritable_dup(server.sockets[0].fileno())
+            server.close()
+        self._servers, self.paths = [], []
+        return out
 
     def close(self) -> None:
         """Stop accepting and remove the socket files."""

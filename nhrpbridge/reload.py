@@ -9,12 +9,18 @@ does without dropping any client. A config with problems changes nothing.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
 from .config import SPEC, Config
+from .errors import ConfigError
+from .systemd import sd_notify
 
-__all__ = ["RELOADABLE", "changes", "merge"]
+__all__ = ["RELOADABLE", "changes", "merge", "reload_config"]
+
+log = logging.getLogger("nhrpbridge")
 
 RELOADABLE = frozenset({
     "log_level", "connections", "node", "cert_store", "nss_dir", "reconcile_interval",
@@ -48,3 +54,33 @@ def merge(running: Config, new: Config) -> tuple[Config, dict[str, Any]]:
     merged = replace(running, **{a: getattr(new, a) for a in now})
     return merged, {"reloaded": True, "changed": [name_of(a) for a in now],
                     "needs-restart": [name_of(a) for a in later]}
+
+
+def reload_config(running: Config, loader: Callable[[], Config] | None,
+                  parts: list[Callable[[Config], None]]) -> tuple[Config, dict[str, Any]]:
+    """Read the file again (`loader`), hand what may change to `parts`, report the rest.
+
+    Returns the config to run with and the report; a config with problems changes
+    nothing. Without a file (--state-dir) the parts still re-read (the certificate store).
+    """
+    sd_notify("RELOADING=1")
+    try:
+        if loader is None:
+            new = running
+            result: dict[str, Any] = {"reloaded": True, "changed": [], "needs-restart": [],
+                                    "note": "no config file (--state-dir): only the "
+                                            "certificate store is read again"}
+        else:
+            try:
+                new, result = merge(running, loader())
+            except ConfigError as exc:
+                log.error("reload refused, the running configuration stays:\n%s", exc)
+                return running, {"reloaded": False, "problems": [str(p) for p in exc.problems]}
+        for part in parts:
+            part(new)
+        log.info("reloaded: %s changed in place%s", ", ".join(result["changed"]) or "nothing",
+                 "; needs a restart (nhrpbridge restart): " + ", ".join(result["needs-restart"])
+                 if result["needs-restart"] else "")
+        return new, result
+    finally:
+        sd_notify("READY=1")

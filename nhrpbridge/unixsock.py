@@ -13,6 +13,7 @@ import pwd
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import SocketInUse
@@ -90,21 +91,19 @@ def peer_cred(sock: socket.socket) -> PeerCred:
 
 def group_ids(names: tuple[str, ...] | list[str]) -> frozenset[int]:
     """gids of the named groups; unknown names are ignored (config check warns)."""
-    out: set[int] = set()
-    for name in names:
-        try:
-            out.add(grp.getgrnam(name).gr_gid)
-        except KeyError:
-            pass
-    return frozenset(out)
+    return _ids(names, lambda name: grp.getgrnam(name).gr_gid)
 
 
 def user_ids(names: tuple[str, ...] | list[str]) -> frozenset[int]:
     """uids of the named users; unknown names are ignored (a host without FRR)."""
+    return _ids(names, lambda name: pwd.getpwnam(name).pw_uid)
+
+
+def _ids(names: tuple[str, ...] | list[str], lookup: Callable[[str], int]) -> frozenset[int]:
     out: set[int] = set()
     for name in names:
         try:
-            out.add(pwd.getpwnam(name).pw_uid)
+            out.add(lookup(name))
         except KeyError:
             pass
     return frozenset(out)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import platform
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from . import __version__
 from .backlog import SOFT, Backlog, Pool
 from .bus import Control, Listen
 from .errors import ControlError, LocalProtocolError, RemoteProtocolError
+from .handover import Passed, inheritable_dup, pause_reading, unread
 from .protocol.vici import Decoder, Packet, PacketType, encode_packet
 from .sa import Event, IkeSa
 from .sadb import SaDatabase
@@ -54,6 +56,8 @@ class ViciConnection:
         self.queue: asyncio.Queue[Packet] = asyncio.Queue()
         self.protected = cred.uid == 0 or cred.uid in server.protected_uids
         self.backlog = Backlog(writer.transport, self._drop, server.pool, self.protected)
+        self.reader: asyncio.StreamReader | None = None
+        self.working = False
         self.closed = False
 
     def send(self, packet: Packet | bytes) -> None:
@@ -85,18 +89,20 @@ class ViciConnection:
             self.writer.close()
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
         worker = asyncio.get_running_loop().create_task(self._work())
         try:
+            data = b""                   # an adopted connection may hold requests already
             while not self.closed:
-                data = await reader.read(65536)
-                if not data:
-                    break
                 self.decoder.feed(data)
                 while True:
                     packet = self.decoder.next_packet()
                     if packet is None:
                         break
                     self.queue.put_nowait(packet)
+                data = await reader.read(65536)
+                if not data:
+                    break
         except RemoteProtocolError as exc:
             log.warning("VICI client pid=%d uid=%d: %s; closing", self.cred.pid, self.cred.uid, exc)
         except (ConnectionError, OSError):
@@ -121,6 +127,7 @@ class ViciConnection:
                     await self.writer.drain()
                 except ConnectionError:
                     pass
+            self.working = True
             try:
                 await self.server.handle(self, packet)
             except RemoteProtocolError as exc:
@@ -132,6 +139,7 @@ class ViciConnection:
                     self.send(Packet(PacketType.CMD_RESPONSE, None,
                                      {"success": "no", "errmsg": "internal error"}))
             finally:
+                self.working = False
                 self.queue.task_done()
 
 
@@ -159,6 +167,7 @@ class ViciServer:
         self.pool = pool
         self.clock = clock
         self.connections: set[ViciConnection] = set()
+        self._adopted: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -172,6 +181,51 @@ class ViciServer:
             await conn.serve(reader)
         except asyncio.CancelledError:      # shutdown
             pass
+
+    # ---- restarts (handover.py)
+
+    kind = "vici"
+
+    def pause(self) -> None:
+        for c in self.connections:
+            if not c.closed:
+                pause_reading(c.writer)
+
+    async def settle(self, deadline: float) -> None:
+        live = [c for c in self.connections if not c.closed]
+        while time.monotonic() < deadline and any(
+                c.working or not c.queue.empty() or c.writer.transport.get_write_buffer_size()
+                for c in live if not c.closed):
+            await asyncio.sleep(0.01)
+
+    def export(self) -> list[Passed]:
+        out = []
+        for c in [c for c in self.connections if not c.closed]:
+            if c.working or not c.queue.empty() or c.writer.transport.get_write_buffer_size() \
+                    or c.reader is None:
+                log.warning("VICI client pid=%d not settled in time: closed, not handed over",
+                            c.cred.pid)
+                c.close(abort=True)
+                continue
+            sock = c.writer.get_extra_info("socket")
+            out.append(Passed(self.kind, inheritable_dup(sock.fileno()),
+                              {"events": sorted(c.events)},
+                              unread(c.reader) + c.decoder.buffered()))
+            c.close(abort=True)
+        return out
+
+    async def adopt(self, passed: Passed) -> None:
+        sock = socket.socket(fileno=passed.fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        conn = ViciConnection(self, writer, peer_cred(sock))
+        conn.events = {e for e in passed.state.get("events", []) if e in KNOWN_EVENTS}
+        conn.decoder.feed(passed.data)
+        self.connections.add(conn)
+        log.info("VICI client pid=%d uid=%d kept across the restart (events: %s)", conn.cred.pid,
+                 conn.cred.uid, ", ".join(sorted(conn.events)) or "none")
+        task = asyncio.get_running_loop().create_task(conn.serve(reader))
+        self._adopted.add(task)
+        task.add_done_callback(self._adopted.discard)
 
     def certs(self, ike: IkeSa) -> Certs:
         return self.cert_lookup(ike) if self.cert_lookup else NO_CERTS

@@ -71,6 +71,10 @@ class Decoder:
         """Buffer more bytes from the peer."""
         self._buf += data
 
+    def buffered(self) -> bytes:
+        """Bytes fed and not decoded yet (a restart hands them to the next process)."""
+        return bytes(self._buf)
+
     def next_message(self) -> dict[str, Any] | None:
         """Return the next complete message, or None if a full line is not buffered."""
         while True:

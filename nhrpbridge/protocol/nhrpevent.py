@@ -31,6 +31,10 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def buffered(self) -> bytes:
+        """Bytes fed and not decoded yet (a restart hands them to the next process)."""
+        return bytes(self._buf)
+
     def next_block(self) -> dict[str, str] | None:
         """The next complete block as a dict; None if more bytes are needed."""
         while True:

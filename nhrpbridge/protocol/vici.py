@@ -247,6 +247,10 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    def buffered(self) -> bytes:
+        """Bytes fed and not decoded yet (a restart hands them to the next process)."""
+        return bytes(self._buf)
+
     def next_packet(self) -> Packet | None:
         if len(self._buf) < 4:
             return None
@@ -259,7 +263,3 @@ class Decoder:
         segment = bytes(self._buf[4:4 + length])
         del self._buf[:4 + length]
         return decode_packet(segment)
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
