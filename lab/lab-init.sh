@@ -268,13 +268,38 @@ for n in sys.argv[2:]:
   [ "${RX:-0}" -ge 49 ] || { R8=FAIL; W8="$W8 only ${RX:-0}/50 pings answered;"; }
   scenario hitless-restart $R8 "hub: nhrpbridge restart -> $(echo "$HR" | tr -d '\n' | cut -c1-100); nhrpd 'VICI: Connected' $VC0 -> $VC1; hub cache dynamic spokes $C0 -> $C1; pings spoke1->hub ${RX:-0}/50; '$KEPT';$W8"
 
+  # ---- 9. hub outage: the hub unreachable for longer than per-peer-idle (20 s here) and
+  # initiate-retry (10 s here), then back: the spokes keep their link to the NHS wanted
+  # (nhrpbridge initiates it again) and are registered again within 60 s
+  echo "T outage-start $(up)"
+  R9=PASS; W9=""
+  K0=$(nblog spoke1 | grep -c 'is down: initiating it again')
+  ip link set v-hub down; TD=$(up)
+  waitfor 60 sh -c "grep -q 'link-down seq=[0-9]* dmvpn 198.51.100.11 -> 198.51.100.1 ' $LABOUT/spoke1/nhrpbridge.log" \
+    || { R9=FAIL; W9="$W9 spoke1 saw no link-down;"; }
+  echo "T outage-spoke1-link-down $(up)"
+  sleep 35                                  # > per-peer-idle + initiate-retry, link down
+  ip link set v-hub up
+  TB=$(up); echo "T outage-hub-back $TB"
+  OK9=""
+  waitfor 60 sh -c "vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -Eq '^gre1 +dynamic +203\.0\.113\.11 ' && vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -Eq '^gre1 +dynamic +203\.0\.113\.12 '" \
+    && OK9=1 || { R9=FAIL; W9="$W9 spokes not both registered within 60 s;"; }
+  TR=$(up); echo "T outage-registered $TR"
+  K1=$(nblog spoke1 | grep -c 'is down: initiating it again')
+  DEL=$(nblog spoke1 | grep -c 'per-peer conn dmvpn-198-51-100-1 deleted')
+  [ "$DEL" -eq 0 ] || { R9=FAIL; W9="$W9 spoke1 deleted its per-peer conn to the hub;"; }
+  [ "$K1" -gt "$K0" ] || { R9=FAIL; W9="$W9 spoke1's nhrpbridge never initiated the hub link again;"; }
+  pingtest spoke1 203.0.113.1 || { R9=FAIL; W9="$W9 spoke1->hub ping;"; }
+  scenario hub-outage $R9 "hub unreachable for $(awk -v a=$TD -v b=$TB 'BEGIN{printf "%.0f", b-a}') s; spoke1 nhrpbridge re-initiated the hub link $((K1 - K0)) times; per-peer conn deletions $DEL; both spokes in the hub cache $(awk -v a=$TB -v b=$TR 'BEGIN{printf "%.1f", b-a}') s after the hub came back;$W9"
+
   # ---- 6. restarts -------------------------------------------------------------------
   serials() { wk hub --showstates | grep -o '#[0-9]*: "dmvpn' | sort -u | tr '\n' ' '; }
   S0=$(serials)
   NB0=$(cat /tmp/lab/hub/nb.pid)
   RD0=$(grep -c ' ready: ' $LABOUT/hub/nhrpbridge.log)
-  kill -9 $NB0
-  echo "T hub-nhrpbridge-killed $(up)"
+  VCK0=$(grep -ac 'VICI: Connected' $LABOUT/hub/nhrpd.log)
+  kill -9 $NB0; TK=$(up)
+  echo "T hub-nhrpbridge-killed $TK"
   # back = the new process said ready (the old api.sock file outlives a kill -9)
   waitfor 30 sh -c "[ \$(grep -c ' ready: ' $LABOUT/hub/nhrpbridge.log) -gt $RD0 ]"
   echo "T hub-nhrpbridge-back $(up)"
@@ -285,8 +310,12 @@ for n in sys.argv[2:]:
   # registration (holdtime/3 = 20 s here) over the SAs that stayed up: no new IKE. A
   # registration that arrives before nhrpd reconnected its event socket (it retries every
   # 10 s) waits 10 s for an answer, is refused, and the one after it counts: up to 45 s.
+  # (crash-outage: how long both spokes were missing from the hub's cache)
+  waitfor 20 sh -c "! vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -Eq '^gre1 +dynamic +203\.0\.113\.11 '"
+  TGONE=$(up)
   for s in 203.0.113.11 203.0.113.12; do
     waitfor 45 hub_has $s || { R6=FAIL; W6="$W6 $s not registered again after nhrpbridge kill;"; }; done
+  TBACK=$(up); VCK1=$(grep -ac 'VICI: Connected' $LABOUT/hub/nhrpd.log)
   pingtest spoke1 203.0.113.1 || { R6=FAIL; W6="$W6 spoke1->hub ping;"; }
   S1=$(serials); [ "$S0" = "$S1" ] || { R6=FAIL; W6="$W6 new IKE ($S0 -> $S1);"; }
   echo "T hub-nhrpbridge-restarted $(up) $W6"
@@ -308,6 +337,10 @@ for n in sys.argv[2:]:
   pingtest spoke1 203.0.113.1 || { R6=FAIL; W6="$W6 spoke1->hub after pluto restart;"; }
   echo "T spoke1-back $(up)"
   scenario restarts $R6 "hub IKE serials before/after nhrpbridge and nhrpd restarts: [$S0] [$S1] [$S2]; spoke1 pluto kill -> link-down -> SA back via nhrpd;$W6"
+  # ---- 10. crash outage (no systemd here, so no fd store): measured, not hidden --------
+  R10=PASS
+  [ "$VCK1" -gt "$VCK0" ] && [ "$R6" = PASS ] || R10=FAIL
+  scenario crash-outage $R10 "kill -9 of the hub's nhrpbridge without systemd: nhrpd reconnected its VICI socket ('VICI: Connected' $VCK0 -> $VCK1) and dropped the spokes; both back in the hub's cache $(awk -v a=$TK -v b=$TBACK 'BEGIN{printf "%.1f", b-a}') s after the kill (spoke1 gone from the cache at +$(awk -v a=$TK -v b=$TGONE 'BEGIN{printf "%.1f", b-a}') s), at holdtime 60 (registration every 20 s); at nhrpd's default holdtime 7200 up to 2400 s"
 
   # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
   echo "T whack-start $(up)"

@@ -19,6 +19,7 @@ from .certs import CertStore
 from .config import Config
 from .daemon import Daemon
 from .errors import ConfigError, ConfigProblem
+from .systemd import FdStore
 from .unixsock import group_ids, user_ids
 
 __all__ = ["Options", "build_daemon"]
@@ -49,8 +50,11 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
                                              f"{', '.join(POLICIES)}")])
     daemon = Daemon(cfg)
     daemon.config_loader = config_loader
+    fdstore = FdStore() if listen is None and FdStore().enabled else None
     if listen is not None:
         daemon.listen = listen
+    elif fdstore is not None:
+        daemon.listen.fdstore = fdstore          # type: ignore[attr-defined]
     pool = Pool()
     allowed_gids = group_ids(cfg.control_groups)
     store = CertStore(cfg.cert_store).load() if cfg.cert_store else None
@@ -80,14 +84,14 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
     if cfg.event_socket:
         from .eventsocket import NhrpEventServer
         events = NhrpEventServer(authorizer, daemon.listen, cfg.event_socket, cfg.vici_mode,
-                                 cfg.vici_group, pool)
+                                 cfg.vici_group, pool, fdstore)
         daemon.servers.append(events)
         daemon.handovers[events.kind] = events
     if cfg.vici_socket:
         from .viciserver import ViciServer
         vici = ViciServer(daemon.db, daemon, daemon.listen, cfg.vici_socket, cfg.vici_mode,
                           cfg.vici_group, allowed_gids, authorizer.cert_data, pool,
-                          protected_uids=user_ids(cfg.vici_protected_users))
+                          protected_uids=user_ids(cfg.vici_protected_users), fdstore=fdstore)
         daemon.bus.add_sink(vici)
         daemon.servers.append(vici)
         daemon.handovers[vici.kind] = vici

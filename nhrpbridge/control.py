@@ -5,6 +5,10 @@ Strategy (what nhrpd over libreswan needs):
   negotiations; a link that comes up by any route satisfies the waiters.
 - Peers are initiated through per-peer conns (perpeer.py) unless a profile says
   `per-peer: "no"` (then the template with `--remote-host`).
+- Links to the node's NHS (node.nhs) that nhrpd asked for are kept: their per-peer
+  conns never expire, and when such a link goes down nhrpbridge initiates it again,
+  backing off to 30 s, until it is up or terminated (nhrpd >= 10.1 asks again only
+  every holdtime/4, 30 minutes by default).
 - Reconciliation replaces the hook's partial view with pluto's own at start, every
   `reconcile-interval` s, after each initiate/terminate and on `resync`. "Pluto is
   not running" means no SAs; any other whack failure changes nothing.
@@ -20,7 +24,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ControlError, ErrorCode, PlutoError
-from .initiate import TRANSIENT, Initiating
+from .initiate import KEEP_MAX, TRANSIENT, Initiating
 from .perpeer import PerPeerConns
 from .pluto import (
     PlutoState,
@@ -45,6 +49,7 @@ __all__ = ["TRANSIENT", "PlutoController"]
 
 log = logging.getLogger("nhrpbridge.pluto")
 SHORTCUT_YIELD = 3.0       # see _yield_to_peer
+KEEP_FIRST = 2.0           # a kept link that went down: first attempt after this
 RECONCILE_GRACE = 10.0     # see sadb.Reconcile: whack lags the updown hook
 
 
@@ -56,7 +61,7 @@ class PlutoController(Initiating):
     def __init__(self, cfg: Config, db: SaDatabase, apply: Callable[[Any], list[Event]],
                  state: dict[str, Any], whack: Whack, run: Runner = subprocess_runner,
                  clock: Callable[[], float] = time.monotonic,
-                 shortcut_yield: float = SHORTCUT_YIELD):
+                 shortcut_yield: float = SHORTCUT_YIELD, keep_first: float = KEEP_FIRST):
         self.cfg = cfg
         self.db = db
         self.apply = apply
@@ -73,6 +78,9 @@ class PlutoController(Initiating):
         self.per_peer = PerPeerConns(Path(cfg.state_dir) / "peers.conf", cfg.ipsec_conf, whack,
                                      self.call, state)
         self.stats = {"whack-calls": 0, "initiates": 0, "joined": 0, "skipped-race": 0}
+        self._keepers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.keep_first = keep_first
+        self.retry_first = 1.0
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: timeouts, per-peer modes and the libreswan version take effect now."""
@@ -136,6 +144,7 @@ class PlutoController(Initiating):
         for pp in self.per_peer.of(link.connection, link.remote_host):
             pp.down_since = None if ev.kind == "link-up" else self.clock()
         if ev.kind != "link-up":
+            self._keep_later(link.connection, link.remote_host)
             return
         for waiter in list(self.waiters):
             conn, remote, local, fut = waiter
@@ -145,6 +154,45 @@ class PlutoController(Initiating):
 
     def push_notice(self, msg: dict[str, Any]) -> None:
         pass
+
+    # ---- links to the NHS: kept up while nhrpd wants them
+
+    def keeps(self, conn: str, remote: str) -> bool:
+        return f"{conn} {remote}" in self.state.setdefault("wanted", [])
+
+    def want(self, conn: str, remote: str) -> None:
+        """nhrpd asked for this link: keep it if the peer is one of our NHS."""
+        nhs = self.cfg.node.nhs if self.cfg.node else ()
+        wanted = self.state.setdefault("wanted", [])
+        if remote in nhs and f"{conn} {remote}" not in wanted:
+            wanted.append(f"{conn} {remote}")
+            log.info("link %s -> %s (an NHS) is kept up from now on", conn, remote)
+
+    def release(self, conn: str, remote: str | None) -> None:
+        """Terminated: no longer kept (remote None: every peer of conn)."""
+        self.state["wanted"] = [w for w in self.state.get("wanted", [])
+                                if not (w.split()[0] == conn and remote in (None, w.split()[1]))]
+
+    def _keep_later(self, conn: str, remote: str) -> None:
+        if self.keeps(conn, remote) and (conn, remote) not in self._keepers:
+            task = asyncio.get_running_loop().create_task(self._keep(conn, remote))
+            self._keepers[(conn, remote)] = task
+            task.add_done_callback(lambda _t: self._keepers.pop((conn, remote), None))
+
+    async def _keep(self, conn: str, remote: str) -> None:
+        """Bring a kept link back: wait (pluto may revive it itself), initiate, wait
+        longer, until it is up or released."""
+        delay = self.keep_first
+        while True:
+            await asyncio.sleep(delay)
+            if not self.keeps(conn, remote) or self._link_up(conn, remote, None) is not None:
+                return
+            log.info("link %s -> %s (an NHS) is down: initiating it again", conn, remote)
+            try:
+                await self.initiate(conn, remote, None, None, wait=False)
+            except ControlError as exc:
+                log.warning("keeping %s -> %s: %s", conn, remote, exc)
+            delay = min(delay * 2, KEEP_MAX)
 
     async def _quiet_reconcile(self) -> None:
         try:
@@ -158,6 +206,8 @@ class PlutoController(Initiating):
                         ike_id: int | None = None) -> dict[str, Any]:
         """Tear down a connection, one peer of it, or one IKE SA; leave it down."""
         check_conn_name(conn)
+        if ike_id is None:
+            self.release(conn, check_ip(remote) if remote is not None else None)
         await self.detect_version()
         calls: list[list[str]] = []
         if ike_id is not None:
@@ -200,9 +250,10 @@ class PlutoController(Initiating):
             await self.expire_per_peer()
 
     async def expire_per_peer(self) -> None:
+        """Delete idle per-peer conns; those of kept NHS links never expire."""
         await self.per_peer.expire(self.clock(), self.cfg.per_peer_idle,
-                                   lambda profile, remote: self._link_up(profile, remote, None)
-                                   is not None)
+                                   lambda profile, remote: self.keeps(profile, remote)
+                                   or self._link_up(profile, remote, None) is not None)
 
     def restore(self, saved: dict[str, list[str]] | None) -> None:
         self.per_peer.restore(saved)

@@ -36,7 +36,7 @@ from .reload import reload_config
 from .sa import Event
 from .sadb import SaDatabase
 from .spool import Spool, StateFile
-from .systemd import sd_notify
+from .systemd import listen_fds, sd_notify
 
 __all__ = ["CHECKPOINT_INTERVAL", "Daemon"]
 
@@ -273,6 +273,10 @@ class Daemon:
         self.load_state()
         if (passed := os.environ.pop(ho.HANDOVER_ENV, None)) is not None:
             await self._adopt(Path(passed))        # before any event: subscribers see them all
+        elif stored := listen_fds():               # systemd kept these across a crash
+            n = await ho.adopt(ho.from_store(stored), self.handovers, self._listeners())
+            log.info("after a crash: %d descriptors from systemd's fd store, %d connections "
+                     "kept", len(stored), n)
         self.ingest_once()
         if self.log_follower is not None:
             await self.log_follower.start(self.apply_log_lines, self.extra_state.get("log"))
@@ -320,8 +324,7 @@ class Daemon:
         self._watch.stop()
         if self.log_follower is not None:
             await self.log_follower.aclose()
-        listeners = self.listen if isinstance(self.listen, Listeners) else None
-        handover = await ho.collect(self.handovers, listeners, HANDOVER_SETTLE)
+        handover = await ho.collect(self.handovers, self._listeners(), HANDOVER_SETTLE)
         self.ingest_once()
         if not self.checkpoint():
             log.error("restart: state NOT saved; the next program applies the spool again")
@@ -333,14 +336,16 @@ class Daemon:
             handler.flush()
         ho.exec_self(path)
 
+    def _listeners(self) -> Listeners | None:
+        return self.listen if isinstance(self.listen, Listeners) else None
+
     async def _adopt(self, path: Path) -> None:
         try:
             handover = ho.take(path)
         except (OSError, StateError) as exc:
             log.error("restart: handover %s not used (%s); starting fresh", path, exc)
             return
-        listeners = self.listen if isinstance(self.listen, Listeners) else None
-        n = await ho.adopt(handover, self.handovers, listeners)
+        n = await ho.adopt(handover, self.handovers, self._listeners())
         log.info("restarted: %d listening sockets and %d of %d connections kept, seq %d",
                  len(handover.listeners), n, len(handover.connections), self.db.seq)
 
@@ -350,7 +355,7 @@ class Daemon:
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         self._tasks = [loop.create_task(self._ingest_loop())]
         if self.controller is not None:
@@ -384,13 +389,8 @@ class Daemon:
             log.error("stopped; state NOT saved (seq %d): the spool keeps the records, the "
                       "next start applies them again", self.db.seq)
 
-    def on_sighup(self) -> None:
-        """SIGHUP (systemd's ExecReload): the same as `nhrpbridge reload`; never die of it
-        (the default action)."""
-        self.reload()
-
     def reload(self) -> dict[str, Any]:
-        """The config file again, in place (reload.py)."""
+        """The config file again, in place (reload.py); also SIGHUP (never die of it)."""
         self.cfg, result = reload_config(self.cfg, self.config_loader, self.reconfigure)
         return result
 

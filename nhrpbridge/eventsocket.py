@@ -20,6 +20,7 @@ from .bus import Listen
 from .errors import RemoteProtocolError
 from .handover import Passed, inheritable_dup, pause_reading, unread
 from .protocol.nhrpevent import Decoder, encode_reply
+from .systemd import FdStore
 from .unixsock import peer_cred
 
 __all__ = ["NhrpEventServer"]
@@ -31,7 +32,7 @@ class NhrpEventServer:
     """Listens on `nhrp event socket PATH`; nhrpd connects and asks."""
 
     def __init__(self, authorizer: Authorizer, listen: Listen, path: str, mode: int, group: str,
-                 pool: Pool | None = None):
+                 pool: Pool | None = None, fdstore: FdStore | None = None):
         self.authorizer = authorizer
         self.listen = listen
         self.path, self.mode, self.group = path, mode, group
@@ -39,6 +40,9 @@ class NhrpEventServer:
         self.stats = {"events": 0, "accepted": 0, "rejected": 0, "malformed": 0}
         self.live: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, Decoder]] = {}
         self._adopted: set[asyncio.Task[None]] = set()
+        self.fdstore = fdstore
+        self._serial = 0
+        self.fdnames: dict[asyncio.StreamWriter, str] = {}
 
     # ---- restarts (handover.py): every question is answered at once, so settling is
     # only flushing the answers
@@ -60,7 +64,8 @@ class NhrpEventServer:
             del self.live[writer]
             if not writer.transport.get_write_buffer_size():
                 sock = writer.get_extra_info("socket")
-                out.append(Passed(self.kind, inheritable_dup(sock.fileno()), {},
+                out.append(Passed(self.kind, inheritable_dup(sock.fileno()),
+                                  {"fdname": self.fdnames.pop(writer, "")},
                                   unread(reader) + dec.buffered()))
             writer.transport.abort()
         return out
@@ -70,7 +75,8 @@ class NhrpEventServer:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         dec = Decoder()
         dec.feed(passed.data)
-        task = asyncio.get_running_loop().create_task(self._client(reader, writer, dec))
+        task = asyncio.get_running_loop().create_task(
+            self._client(reader, writer, dec, str(passed.state.get("fdname", ""))))
         self._adopted.add(task)
         task.add_done_callback(self._adopted.discard)
 
@@ -78,11 +84,16 @@ class NhrpEventServer:
         await self.listen(self.path, self.mode, self.group, self._client)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      dec: Decoder | None = None) -> None:
+                      dec: Decoder | None = None, fdname: str = "") -> None:
         cred = peer_cred(writer.get_extra_info("socket"))
         log.info("nhrpd event socket: connection from pid=%d uid=%d", cred.pid, cred.uid)
         dec = dec or Decoder()
         self.live[writer] = (reader, dec)
+        if self.fdstore is not None and not fdname:
+            self._serial += 1
+            fdname = f"nhrp-events.{self._serial}"
+            self.fdstore.add(fdname, writer.get_extra_info("socket").fileno())
+        self.fdnames[writer] = fdname
 
         def drop(why: str) -> None:
             log.warning("nhrpd event socket: pid=%d does not read its answers (%s): dropped",
@@ -107,11 +118,18 @@ class NhrpEventServer:
             pass
         finally:
             mine = self.live.pop(writer, None) is not None     # else: handed over
+            self.fdnames.pop(writer, None)
             if mine and dec.pending:
                 log.warning("nhrpd event socket: connection closed in the middle of a block "
                             "(%d bytes dropped, nothing to answer)", dec.pending)
             backlog.cancel()
             if mine:
+                if fdname and self.fdstore is not None:
+                    self.fdstore.remove(fdname)
+                    try:                 # the peer sees the end even if a copy lingers
+                        writer.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 writer.close()
 
     def handle(self, block: dict[str, str]) -> bytes | None:

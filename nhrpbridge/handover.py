@@ -32,6 +32,7 @@ from typing import Any, NoReturn, Protocol
 from .errors import StateError
 
 __all__ = ["HANDOVER_ENV", "HandsOver", "Handover", "Passed", "adopt", "collect", "exec_self",
+           "from_store",
            "inheritable_dup", "pause_reading", "program_problem", "take", "unread", "write"]
 
 log = logging.getLogger("nhrpbridge")
@@ -164,6 +165,28 @@ async def collect(parts: dict[str, HandsOver], listeners: Any, settle: float) ->
         await part.settle(deadline)
     conns = [p for part in parts.values() for p in part.export()]
     return Handover(listeners.export() if listeners is not None else {}, conns)
+
+
+def from_store(stored: list[tuple[int, str]]) -> Handover:
+    """What systemd's fd store kept (names from systemd.FdStore users) as a Handover:
+    after a crash there is no state file, only the names."""
+    out = Handover()
+    for fd, name in stored:
+        kind, _, rest = name.partition(".")
+        if name.startswith("listen/"):          # "listen" + the path it serves
+            out.listeners[name[len("listen"):]] = fd
+            continue
+        if kind == "vici":
+            events = rest.partition(".")[2]
+            out.connections.append(Passed("vici", fd, {
+                "events": [] if events in ("", "-") else events.split("+"), "fdname": name}))
+            continue
+        elif kind == "nhrp-events":
+            out.connections.append(Passed("nhrp-events", fd, {"fdname": name}))
+            continue
+        log.warning("fd store: %r is nothing nhrpbridge stored; closed", name)
+        os.close(fd)
+    return out
 
 
 async def adopt(handover: Handover, parts: dict[str, HandsOver], listeners: Any) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +26,11 @@ from .sa import Link
 from .sadb import SaDatabase
 from .wire import link_dict
 
-__all__ = ["TRANSIENT", "Initiating"]
+__all__ = ["KEEP_MAX", "TRANSIENT", "Initiating"]
 
 log = logging.getLogger("nhrpbridge.pluto")
 # failures worth retrying: nhrpd itself asks again only after ~2 minutes (FRR 8.4 to 10.3)
+KEEP_MAX = 30.0     # the longest wait between two attempts on a link to an NHS
 TRANSIENT = frozenset({ErrorCode.PLUTO_NOT_RUNNING, ErrorCode.PLUTO_NOT_READY, ErrorCode.TIMEOUT,
                        ErrorCode.WHACK_ERROR})
 
@@ -58,6 +60,7 @@ class Initiating:
     whack: Whack
     clock: Callable[[], float]
     shortcut_yield: float
+    retry_first: float           # the first wait before retrying a transient failure
     per_peer: PerPeerConns
     stats: dict[str, int]
     inflight: dict[tuple[str, str | None, str], asyncio.Task[str]]
@@ -73,6 +76,12 @@ class Initiating:
         raise NotImplementedError
 
     async def _quiet_reconcile(self) -> None:
+        raise NotImplementedError
+
+    def keeps(self, conn: str, remote: str) -> bool:
+        raise NotImplementedError
+
+    def want(self, conn: str, remote: str) -> None:
         raise NotImplementedError
 
 
@@ -92,6 +101,7 @@ class Initiating:
         remote = check_ip(remote)
         if local is not None:
             local = check_ip(local)
+        self.want(conn, remote)
         if (link := self._link_up(conn, remote, local)) is not None:
             return {"result": "already-up", "link": link_dict(link)}
         key = (conn, local, remote)
@@ -135,14 +145,16 @@ class Initiating:
     async def _start_retrying(self, conn: str, remote: str, local: str | None,
                               first: asyncio.Future, retry: bool = True,
                               yield_first: bool = False) -> str:
-        """`_start`, retried on transient failures for `initiate-retry` seconds."""
-        deadline = self.clock() + (self.cfg.initiate_retry if retry else 0)
+        """`_start`, retried on transient failures for `initiate-retry` seconds (for ever,
+        backing off to KEEP_MAX, for a link to an NHS nhrpd wants: see control.keeps)."""
+        keep = retry and self.keeps(conn, remote)
+        deadline = math.inf if keep else self.clock() + (self.cfg.initiate_retry if retry else 0)
         if yield_first:
             if not first.done():
                 first.set_result("yielding-to-peer")
             if await self._yield_to_peer(conn, remote, local):
                 return "joined-peer"
-        delay = 1.0
+        delay = self.retry_first
         while True:
             try:
                 how = await self._start(conn, remote, local)
@@ -156,7 +168,7 @@ class Initiating:
                 if not first.done():
                     first.set_result("retrying")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
+                delay = min(delay * 2, KEEP_MAX if keep else 8.0)
                 continue
             if not first.done():
                 first.set_result(how)

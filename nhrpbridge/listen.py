@@ -15,6 +15,7 @@ import socket
 
 from .bus import Handler
 from .handover import inheritable_dup
+from .systemd import FdStore
 from .unixsock import bind_unix, peer_cred
 
 __all__ = ["MAX_CLIENTS", "MAX_CLIENTS_PER_UID", "Listeners", "raise_fd_limit"]
@@ -33,6 +34,7 @@ class Listeners:
         self._servers: list[asyncio.base_events.Server] = []
         self.paths: list[str] = []
         self.inherited: dict[str, int] = {}     # path -> listening fd from the last process
+        self.fdstore: FdStore | None = None     # systemd keeps the listening sockets too
 
     async def __call__(self, path: str, mode: int, group: str, handler: Handler) -> None:
         """Bind `path` (never taking over a live socket), or serve the socket the previous
@@ -66,6 +68,8 @@ class Listeners:
                 if not self.clients[cred.uid]:
                     del self.clients[cred.uid]
 
+        if self.fdstore is not None and fd is None and ":" not in path and len(path) < 240:
+            self.fdstore.add("listen" + path, sock.fileno())     # bound as a temp name
         server = await asyncio.start_unix_server(limited, sock=sock, limit=1 << 20)
         self._servers.append(server)
         self.paths.append(path)

@@ -26,14 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .backlog import SOFT, Backlog, Pool
+from .backlog import Pool
 from .bus import Control, Listen
 from .errors import ControlError, LocalProtocolError, RemoteProtocolError
 from .handover import Passed, inheritable_dup, pause_reading, unread
-from .protocol.vici import Decoder, Packet, PacketType, encode_packet
+from .protocol.vici import Packet, PacketType, encode_packet
 from .sa import Event, IkeSa
 from .sadb import SaDatabase
-from .unixsock import PeerCred, may_control, peer_cred
+from .systemd import FdStore
+from .unixsock import may_control, peer_cred
+from .viciconn import ViciConnection
 from .wire import NO_CERTS, Certs, ike_message, vici_events
 
 __all__ = ["KNOWN_EVENTS", "ViciServer"]
@@ -44,103 +46,6 @@ KNOWN_EVENTS = frozenset({
     "child-state-rekeyed", "child-state-destroying", "list-sa", "control-log", "log",
 })
 CertLookup = Callable[[IkeSa], Certs]
-
-
-class ViciConnection:
-    def __init__(self, server: ViciServer, writer: asyncio.StreamWriter, cred: PeerCred):
-        self.server = server
-        self.writer = writer
-        self.cred = cred
-        self.decoder = Decoder()
-        self.events: set[str] = set()
-        self.queue: asyncio.Queue[Packet] = asyncio.Queue()
-        self.protected = cred.uid == 0 or cred.uid in server.protected_uids
-        self.backlog = Backlog(writer.transport, self._drop, server.pool, self.protected)
-        self.reader: asyncio.StreamReader | None = None
-        self.working = False
-        self.closed = False
-
-    def send(self, packet: Packet | bytes) -> None:
-        if self.closed:
-            return
-        data = packet if isinstance(packet, bytes) else encode_packet(packet)
-        self.writer.transport.write(data)
-        self.backlog.wrote(len(data))
-
-    def _drop(self, why: str) -> None:
-        log.warning("VICI client pid=%d does not read (%s): dropped", self.cred.pid, why)
-        self.close(abort=True)
-
-    def event(self, name: str, message: dict[str, Any] | bytes) -> None:
-        """Send an event if registered; `message` may be the packet already encoded."""
-        if name in self.events:
-            self.send(message if isinstance(message, bytes)
-                      else Packet(PacketType.EVENT, name, message))
-
-    def close(self, abort: bool = False) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.backlog.cancel()
-        self.server.connections.discard(self)
-        if abort:
-            self.writer.transport.abort()
-        else:
-            self.writer.close()
-
-    async def serve(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        worker = asyncio.get_running_loop().create_task(self._work())
-        try:
-            data = b""                   # an adopted connection may hold requests already
-            while not self.closed:
-                self.decoder.feed(data)
-                while True:
-                    packet = self.decoder.next_packet()
-                    if packet is None:
-                        break
-                    self.queue.put_nowait(packet)
-                data = await reader.read(65536)
-                if not data:
-                    break
-        except RemoteProtocolError as exc:
-            log.warning("VICI client pid=%d uid=%d: %s; closing", self.cred.pid, self.cred.uid, exc)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            # answer what was already received before closing, unless the peer is gone
-            if not self.closed:
-                try:
-                    await asyncio.wait_for(self.queue.join(), 5)
-                except TimeoutError:
-                    pass
-            worker.cancel()
-            self.close()
-
-    async def _work(self) -> None:
-        while True:
-            packet = await self.queue.get()
-            if self.protected and self.writer.transport.get_write_buffer_size() > SOFT:
-                # behind (nhrpd busy): answer its next request once it caught up, so no
-                # dump piles on top; events still go out meanwhile
-                try:
-                    await self.writer.drain()
-                except ConnectionError:
-                    pass
-            self.working = True
-            try:
-                await self.server.handle(self, packet)
-            except RemoteProtocolError as exc:
-                log.warning("VICI client pid=%d: %s; closing", self.cred.pid, exc)
-                self.close()
-            except Exception:
-                log.exception("VICI %s %s failed", packet.type.name, packet.name)
-                if packet.type == PacketType.CMD_REQUEST:
-                    self.send(Packet(PacketType.CMD_RESPONSE, None,
-                                     {"success": "no", "errmsg": "internal error"}))
-            finally:
-                self.working = False
-                self.queue.task_done()
 
 
 class ViciServer:
@@ -156,7 +61,7 @@ class ViciServer:
     def __init__(self, db: SaDatabase, control: Control, listen: Listen, path: str, mode: int,
                  group: str, allowed_gids: frozenset[int], cert_lookup: CertLookup | None = None,
                  pool: Pool | None = None, clock: Callable[[], float] = time.time,
-                 protected_uids: frozenset[int] = frozenset()):
+                 protected_uids: frozenset[int] = frozenset(), fdstore: FdStore | None = None):
         self.db = db
         self.control = control
         self.listen = listen
@@ -168,6 +73,8 @@ class ViciServer:
         self.clock = clock
         self.connections: set[ViciConnection] = set()
         self._adopted: set[asyncio.Task[None]] = set()
+        self.fdstore = fdstore
+        self._serial = 0
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -176,10 +83,32 @@ class ViciServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ViciConnection(self, writer, peer_cred(writer.get_extra_info("socket")))
         self.connections.add(conn)
+        self.store(conn)
         log.debug("VICI client connected: pid=%d uid=%d", conn.cred.pid, conn.cred.uid)
         try:
             await conn.serve(reader)
         except asyncio.CancelledError:      # shutdown
+            pass
+
+    # ---- systemd's fd store: a crash of this process does not close these
+
+    def store(self, conn: ViciConnection) -> None:
+        """(Re)name the connection in the store: the name carries its events."""
+        if self.fdstore is None or conn.closed:
+            return
+        if conn.fdname:
+            self.fdstore.remove(conn.fdname)
+        self._serial += 1
+        conn.fdname = f"vici.{self._serial}.{'+'.join(sorted(conn.events)) or '-'}"
+        self.fdstore.add(conn.fdname, conn.writer.get_extra_info("socket").fileno())
+
+    def unstore(self, conn: ViciConnection) -> None:
+        if self.fdstore is None or not conn.fdname:
+            return
+        self.fdstore.remove(conn.fdname)
+        try:                             # the peer sees the end even if a copy lingers
+            conn.writer.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        except OSError:
             pass
 
     # ---- restarts (handover.py)
@@ -209,9 +138,9 @@ class ViciServer:
                 continue
             sock = c.writer.get_extra_info("socket")
             out.append(Passed(self.kind, inheritable_dup(sock.fileno()),
-                              {"events": sorted(c.events)},
+                              {"events": sorted(c.events), "fdname": c.fdname},
                               unread(c.reader) + c.decoder.buffered()))
-            c.close(abort=True)
+            c.close(abort=True, handed_over=True)
         return out
 
     async def adopt(self, passed: Passed) -> None:
@@ -219,8 +148,11 @@ class ViciServer:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
         conn = ViciConnection(self, writer, peer_cred(sock))
         conn.events = {e for e in passed.state.get("events", []) if e in KNOWN_EVENTS}
+        conn.fdname = str(passed.state.get("fdname", ""))
         conn.decoder.feed(passed.data)
         self.connections.add(conn)
+        if not conn.fdname:                  # from the fd store after a crash: store it anew
+            self.store(conn)
         log.info("VICI client pid=%d uid=%d kept across the restart (events: %s)", conn.cred.pid,
                  conn.cred.uid, ", ".join(sorted(conn.events)) or "none")
         task = asyncio.get_running_loop().create_task(conn.serve(reader))
@@ -257,10 +189,12 @@ class ViciServer:
             ok = packet.name in KNOWN_EVENTS
             if ok and packet.name is not None:
                 conn.events.add(packet.name)
+                self.store(conn)
             conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
         elif t == PacketType.EVENT_UNREGISTER:
             ok = packet.name in conn.events
             conn.events.discard(packet.name)
+            self.store(conn)
             conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
         elif t == PacketType.CMD_REQUEST:
             handler = getattr(self, "cmd_" + (packet.name or "").replace("-", "_"), None)

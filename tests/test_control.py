@@ -47,12 +47,12 @@ class RecordingWhack:
         return [c for c in self.calls if word in c]
 
 
-def make(tmp_path, runner, shortcut_yield=3.0, **cfg):
+def make(tmp_path, runner, shortcut_yield=3.0, keep_first=2.0, **cfg):
     c = replace(Config.for_state_dir(tmp_path / "s"), initiate_timeout=2.0, **cfg)
     d = Daemon(c)
     d.load_state()
     ctl = PlutoController(c, d.db, d.apply, d.extra_state, Whack(), run=runner,
-                          shortcut_yield=shortcut_yield)
+                          shortcut_yield=shortcut_yield, keep_first=keep_first)
     d.controller = ctl
     d.bus.add_sink(ctl)
     return d, ctl
@@ -278,6 +278,7 @@ def test_transient_failure_is_retried_in_the_background(tmp_path):
     """Lab finding: nhrpd asks right after pluto restarts, and asks again only ~2 min later."""
     runner = RecordingWhack()
     d, ctl = make(tmp_path, runner)
+    ctl.retry_first = 0.05
     down = [2]
 
     async def run(argv, timeout):
@@ -368,3 +369,31 @@ def test_remote_host_initiate_is_not_blocked_by_other_peers_of_the_template(tmp_
     asyncio.run(scenario())
     assert ["ipsec", "whack", "--name", "dmvpn", "--remote-host", "198.51.100.13", "--initiate",
             "--asynchronous"] in runner.calls
+
+
+def test_link_to_an_nhs_is_kept_up_until_terminated(tmp_path):
+    """A hub outage: nhrpd >= 10.1 asks again only every holdtime/4 (30 min by default),
+    so the link to the NHS is initiated again by nhrpbridge, and its per-peer conn stays."""
+    from nhrpbridge.config import NodeConfig
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner, keep_first=0.05, per_peer_idle=0.0,
+                  node=NodeConfig(role="spoke", nhs=(R,)))
+
+    async def scenario():
+        await ctl.initiate("dmvpn", R, wait=False)            # nhrpd asks once
+        assert ctl.keeps("dmvpn", R) and not ctl.keeps("dmvpn", "198.51.100.99")
+        d.apply(child_up(conn="dmvpn-198-51-100-12"))
+        d.apply(replace_down(d))                              # the hub goes away
+        await until(lambda: len(runner.named("--initiate")) == 2, what="initiated again")
+        await ctl.expire_per_peer()                           # idle 0 s, but kept
+        assert not runner.named("--delete")
+        d.apply(child_up(conn="dmvpn-198-51-100-12", spi=7))   # back
+        await until(lambda: not ctl._keepers, what="keeper done")
+        await ctl.terminate("dmvpn", R)                       # the operator: down for good
+        assert not ctl.keeps("dmvpn", R)
+        if d.db.child_sas:                                    # (reconcile may have taken it)
+            d.apply(replace_down(d))
+        await asyncio.sleep(0.3)
+        assert len(runner.named("--initiate")) == 2           # not initiated again
+    asyncio.run(scenario())
+    assert d.extra_state["wanted"] == []

@@ -237,6 +237,7 @@ def test_subscribe_during_burst_every_seq_exactly_once(memd):
 
 
 def test_subscriber_that_never_reads_is_dropped_others_keep_up(daemon):
+    """A real process (in memory the test's own threads would share its GIL)."""
     spool = daemon.state_dir / "spool"
     daemon.start()
     slow = socket.socket(socket.AF_UNIX)

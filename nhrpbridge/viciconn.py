@@ -1,0 +1,124 @@
+"""One VICI client connection: its decoder, its queue of requests, its output backlog.
+
+Requests are answered in order by one worker task per connection, so pipelined
+requests (nhrpd sends 5 packets on connect) keep their order and a slow `initiate`
+never delays another client. Writes never await; a client that stops reading is
+dropped alone (backlog.py), unless it is protected (nhrpd: see ViciServer).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .backlog import SOFT, Backlog
+from .errors import RemoteProtocolError
+from .protocol.vici import Decoder, Packet, PacketType, encode_packet
+from .unixsock import PeerCred
+
+if TYPE_CHECKING:
+    from .viciserver import ViciServer
+
+__all__ = ["ViciConnection"]
+
+log = logging.getLogger("nhrpbridge.vici")
+
+
+class ViciConnection:
+    def __init__(self, server: ViciServer, writer: asyncio.StreamWriter, cred: PeerCred):
+        self.server = server
+        self.writer = writer
+        self.cred = cred
+        self.decoder = Decoder()
+        self.events: set[str] = set()
+        self.queue: asyncio.Queue[Packet] = asyncio.Queue()
+        self.protected = cred.uid == 0 or cred.uid in server.protected_uids
+        self.backlog = Backlog(writer.transport, self._drop, server.pool, self.protected)
+        self.reader: asyncio.StreamReader | None = None
+        self.working = False
+        self.fdname = ""                 # its name in systemd's fd store, if stored
+        self.closed = False
+
+    def send(self, packet: Packet | bytes) -> None:
+        if self.closed:
+            return
+        data = packet if isinstance(packet, bytes) else encode_packet(packet)
+        self.writer.transport.write(data)
+        self.backlog.wrote(len(data))
+
+    def _drop(self, why: str) -> None:
+        log.warning("VICI client pid=%d does not read (%s): dropped", self.cred.pid, why)
+        self.close(abort=True)
+
+    def event(self, name: str, message: dict[str, Any] | bytes) -> None:
+        """Send an event if registered; `message` may be the packet already encoded."""
+        if name in self.events:
+            self.send(message if isinstance(message, bytes)
+                      else Packet(PacketType.EVENT, name, message))
+
+    def close(self, abort: bool = False, handed_over: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.backlog.cancel()
+        self.server.connections.discard(self)
+        if not handed_over:
+            self.server.unstore(self)    # systemd's copy must not keep it open
+        if abort:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        worker = asyncio.get_running_loop().create_task(self._work())
+        try:
+            data = b""                   # an adopted connection may hold requests already
+            while not self.closed:
+                self.decoder.feed(data)
+                while True:
+                    packet = self.decoder.next_packet()
+                    if packet is None:
+                        break
+                    self.queue.put_nowait(packet)
+                data = await reader.read(65536)
+                if not data:
+                    break
+        except RemoteProtocolError as exc:
+            log.warning("VICI client pid=%d uid=%d: %s; closing", self.cred.pid, self.cred.uid, exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # answer what was already received before closing, unless the peer is gone
+            if not self.closed:
+                try:
+                    await asyncio.wait_for(self.queue.join(), 5)
+                except TimeoutError:
+                    pass
+            worker.cancel()
+            self.close()
+
+    async def _work(self) -> None:
+        while True:
+            packet = await self.queue.get()
+            if self.protected and self.writer.transport.get_write_buffer_size() > SOFT:
+                # behind (nhrpd busy): answer its next request once it caught up, so no
+                # dump piles on top; events still go out meanwhile
+                try:
+                    await self.writer.drain()
+                except ConnectionError:
+                    pass
+            self.working = True
+            try:
+                await self.server.handle(self, packet)
+            except RemoteProtocolError as exc:
+                log.warning("VICI client pid=%d: %s; closing", self.cred.pid, exc)
+                self.close()
+            except Exception:
+                log.exception("VICI %s %s failed", packet.type.name, packet.name)
+                if packet.type == PacketType.CMD_REQUEST:
+                    self.send(Packet(PacketType.CMD_RESPONSE, None,
+                                     {"success": "no", "errmsg": "internal error"}))
+            finally:
+                self.working = False
+                self.queue.task_done()
