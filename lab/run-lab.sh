@@ -12,7 +12,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-REPEAT=1; KEEP=0; TMO=600; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
+REPEAT=1; KEEP=0; TMO=900; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
 while [ $# -gt 0 ]; do
   case "$1" in
     --flavour|--flavor)
