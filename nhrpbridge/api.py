@@ -27,7 +27,7 @@ from .authorize import Authorizer
 from .backlog import Backlog, Pool
 from .bus import Bus, Control, Listen
 from .errors import ControlError, ErrorCode, RemoteProtocolError
-from .handover import Passed, inheritable_dup, pause_reading, unread
+from .handover import Passed, inheritable_dup, pause_reading, settled, unread
 from .protocol import jsonl
 from .sa import Event
 from .sadb import SaDatabase
@@ -88,16 +88,18 @@ class ApiServer:
             if not c.closed:
                 pause_reading(c.writer)
 
+    @staticmethod
+    def _unsettled(c: ApiConnection) -> bool:
+        """A request still running, or output not flushed yet."""
+        return not c.closed and bool(c.tasks or c.writer.transport.get_write_buffer_size())
+
     async def settle(self, deadline: float) -> None:
-        live = [c for c in self.connections if not c.closed]
-        while time.monotonic() < deadline and any(
-                c.tasks or c.writer.transport.get_write_buffer_size() for c in live if not c.closed):
-            await asyncio.sleep(0.01)
+        await settled(lambda: any(map(self._unsettled, list(self.connections))), deadline)
 
     def export(self) -> list[Passed]:
         out = []
         for c in [c for c in self.connections if not c.closed]:
-            if c.tasks or c.writer.transport.get_write_buffer_size() or c.reader is None:
+            if self._unsettled(c) or c.reader is None:
                 log.warning("API client pid=%d not settled in time: closed, not handed over",
                             c.cred.pid)
                 c.close(abort=True)

@@ -315,12 +315,7 @@ class Daemon:
             part.pause()
         sd_notify("RELOADING=1")
         log.info("restarting: stopping ingestion, handing the sockets over")
-        for t in self._tasks:
-            t.cancel()
-        if self._checkpoint_timer is not None:
-            self._checkpoint_timer.cancel()
-        for task in list(self._bg):
-            await task
+        await self._stop_work()
         self._watch.stop()
         if self.log_follower is not None:
             await self.log_follower.aclose()
@@ -367,13 +362,17 @@ class Daemon:
             on_ready()
         await self._stop.wait()
         sd_notify("STOPPING=1")
+        await self._stop_work()
+        await self.shutdown()
+
+    async def _stop_work(self) -> None:
+        """No more ingestion, reconciliation or timed checkpoints; the running one ends."""
         for t in self._tasks:
             t.cancel()
         if self._checkpoint_timer is not None:
             self._checkpoint_timer.cancel()
         for task in list(self._bg):
             await task
-        await self.shutdown()
 
     async def shutdown(self) -> None:
         if isinstance(self.listen, Listeners):

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 
 from .authorize import Authorizer
 from .backlog import Backlog, Pool
 from .bus import Listen
 from .errors import RemoteProtocolError
-from .handover import Passed, inheritable_dup, pause_reading, unread
+from .handover import Passed, inheritable_dup, pause_reading, settled, unread
 from .protocol.nhrpevent import Decoder, encode_reply
 from .systemd import FdStore
 from .unixsock import peer_cred
@@ -54,9 +53,8 @@ class NhrpEventServer:
             pause_reading(writer)
 
     async def settle(self, deadline: float) -> None:
-        while time.monotonic() < deadline and any(
-                w.transport.get_write_buffer_size() for w in self.live):
-            await asyncio.sleep(0.01)
+        await settled(lambda: any(w.transport.get_write_buffer_size() for w in self.live),
+                      deadline)
 
     def export(self) -> list[Passed]:
         out = []

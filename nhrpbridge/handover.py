@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -33,7 +34,8 @@ from .errors import StateError
 
 __all__ = ["HANDOVER_ENV", "HandsOver", "Handover", "Passed", "adopt", "collect", "exec_self",
            "from_store",
-           "inheritable_dup", "pause_reading", "program_problem", "take", "unread", "write"]
+           "inheritable_dup", "pause_reading", "program_problem", "settled", "take", "unread",
+           "write"]
 
 log = logging.getLogger("nhrpbridge")
 HANDOVER_ENV = "NHRPBRIDGE_HANDOVER"
@@ -96,6 +98,13 @@ class HandsOver(Protocol):
 def unread(reader: asyncio.StreamReader) -> bytes:
     """What the StreamReader holds and nobody read yet (asyncio keeps no public way)."""
     return bytes(getattr(reader, "_buffer", b""))
+
+
+async def settled(busy: Callable[[], bool], deadline: float) -> None:
+    """Wait until `busy()` is false or the monotonic `deadline` passed (what every
+    front-end's settle() does with its own idea of busy)."""
+    while busy() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def pause_reading(writer: asyncio.StreamWriter) -> None:

@@ -29,7 +29,7 @@ from . import __version__
 from .backlog import Pool
 from .bus import Control, Listen
 from .errors import ControlError, LocalProtocolError, RemoteProtocolError
-from .handover import Passed, inheritable_dup, pause_reading, unread
+from .handover import Passed, inheritable_dup, pause_reading, settled, unread
 from .protocol.vici import Packet, PacketType, encode_packet
 from .sa import Event, IkeSa
 from .sadb import SaDatabase
@@ -120,18 +120,19 @@ class ViciServer:
             if not c.closed:
                 pause_reading(c.writer)
 
+    @staticmethod
+    def _unsettled(c: ViciConnection) -> bool:
+        """A request queued or being answered, or output not flushed yet."""
+        return not c.closed and bool(c.working or not c.queue.empty()
+                                     or c.writer.transport.get_write_buffer_size())
+
     async def settle(self, deadline: float) -> None:
-        live = [c for c in self.connections if not c.closed]
-        while time.monotonic() < deadline and any(
-                c.working or not c.queue.empty() or c.writer.transport.get_write_buffer_size()
-                for c in live if not c.closed):
-            await asyncio.sleep(0.01)
+        await settled(lambda: any(map(self._unsettled, list(self.connections))), deadline)
 
     def export(self) -> list[Passed]:
         out = []
         for c in [c for c in self.connections if not c.closed]:
-            if c.working or not c.queue.empty() or c.writer.transport.get_write_buffer_size() \
-                    or c.reader is None:
+            if self._unsettled(c) or c.reader is None:
                 log.warning("VICI client pid=%d not settled in time: closed, not handed over",
                             c.cred.pid)
                 c.close(abort=True)
