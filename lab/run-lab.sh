@@ -84,7 +84,9 @@ node:
   hook: $OUT/src/$HOOK
   gre:
     address: $gre
-    holdtime: 60
+    # nhrpd's default: a registration lost on the hub comes back by itself only after
+    # holdtime/3 = 40 minutes; the scenarios prove it is never left to that
+    holdtime: 7200
   auth:
     method: cert
     cert: $n

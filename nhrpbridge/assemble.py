@@ -81,17 +81,25 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
                     cfg.api_mode, cfg.api_group, allowed_gids, pool)
     daemon.servers.append(api)
     daemon.handovers[api.kind] = api
+    recovery = None
+    if cfg.vici_socket:
+        from .recovery import Recovery
+        recovery = Recovery(daemon.db, daemon, daemon.extra_state, daemon.touch,
+                            cfg.recover_registrations, bool(cfg.event_socket))
+        daemon.bus.add_sink(recovery)
+        daemon.reconfigure.append(lambda c: recovery.reconfigure(c.recover_registrations))
     if cfg.event_socket:
         from .eventsocket import NhrpEventServer
         events = NhrpEventServer(authorizer, daemon.listen, cfg.event_socket, cfg.vici_mode,
-                                 cfg.vici_group, pool, fdstore)
+                                 cfg.vici_group, pool, fdstore, recovery)
         daemon.servers.append(events)
         daemon.handovers[events.kind] = events
     if cfg.vici_socket:
         from .viciserver import ViciServer
         vici = ViciServer(daemon.db, daemon, daemon.listen, cfg.vici_socket, cfg.vici_mode,
                           cfg.vici_group, allowed_gids, authorizer.cert_data, pool,
-                          protected_uids=user_ids(cfg.vici_protected_users), fdstore=fdstore)
+                          protected_uids=user_ids(cfg.vici_protected_users), fdstore=fdstore,
+                          on_nhrpd_session=recovery.vici_session if recovery else None)
         daemon.bus.add_sink(vici)
         daemon.servers.append(vici)
         daemon.handovers[vici.kind] = vici

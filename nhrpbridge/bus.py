@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from .sa import Event
 
-__all__ = ["Bus", "Control", "Controller", "Follower", "Handler", "Listen", "Server", "Sink"]
+__all__ = ["Bus", "Control", "Controller", "Follower", "Handler", "Listen", "NhrpdWatch", "Server",
+           "Sink"]
 
 log = logging.getLogger("nhrpbridge")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -48,6 +49,13 @@ class Control(Protocol):
     def reload(self) -> dict[str, Any]: ...
 
     async def restart(self) -> dict[str, Any]: ...
+
+
+class NhrpdWatch(Protocol):
+    """What nhrpd's event socket reports for registration recovery (recovery.py)."""
+
+    def event_socket(self, connected: bool) -> None: ...
+    def registered(self, nbma: str, connection: str, block: dict[str, str]) -> None: ...
 
 
 class Listen(Protocol):

@@ -93,6 +93,7 @@ class Config:
     vici_mode: int = 0o660
     vici_group: str = ""
     vici_protected_users: tuple[str, ...] = ("frr",)   # nhrpd's user: never dropped for slowness
+    recover_registrations: float = 5.0     # s after nhrpd's new session; 0: off (recovery.py)
     event_socket: str = ""
     cert_store: str = ""
     nss_dir: str = "/var/lib/ipsec/nss"
@@ -129,7 +130,8 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
               "nss-dir": ("nss_dir", F.path)},
     "vici": {"socket": ("vici_socket", F.socket_path), "mode": ("vici_mode", F.mode),
              "group": ("vici_group", F.str_),
-             "protected-users": ("vici_protected_users", F.str_list)},
+             "protected-users": ("vici_protected_users", F.str_list),
+             "recover-registrations": ("recover_registrations", F.number)},
     "nhrp-events": {"socket": ("event_socket", F.socket_path), "cert-store": ("cert_store", F.path)},
 }
 CONN_SPEC: dict[str, Callable[[yaml.Node], Any]] = {

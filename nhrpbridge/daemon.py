@@ -15,7 +15,7 @@ Strategy:
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import copy
 import logging
 import os
 import signal
@@ -85,6 +85,11 @@ class Daemon:
             self.bus.publish(events)
         return events
 
+    def touch(self) -> None:
+        """Another part's persisted data changed: checkpoint it soon."""
+        self._dirty = True
+        self._wake.set()
+
     def apply_log_lines(self, lines: list[str], trusted: bool = True) -> None:
         """Lines from pluto's log: enrich and correct the database, relay notices.
 
@@ -123,20 +128,7 @@ class Daemon:
     # ---- state
 
     def lock_state_dir(self) -> None:
-        """flock STATE_DIR/lock before touching the spool or a socket: a second daemon on
-        the same state would consume records, and take sockets over."""
-        self.cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        fd = os.open(self.cfg.state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateError(f"{self.cfg.state_dir} is in use by another nhrpbridge "
-                             "(its lock file is held)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd = self.state.lock()
 
     def load_state(self) -> None:
         self.spool.ensure()
@@ -223,7 +215,7 @@ class Daemon:
         names = self.ingest.take_pending()
         if self.log_follower is not None:
             self.extra_state["log"] = self.log_follower.position()
-        text, extra = self.db.to_state_json(), dict(self.extra_state)
+        text, extra = self.db.to_state_json(), copy.deepcopy(self.extra_state)
         self._dirty = False
         try:
             await asyncio.to_thread(self._save_and_unlink, text, names, extra)
@@ -387,6 +379,8 @@ class Daemon:
         else:
             log.error("stopped; state NOT saved (seq %d): the spool keeps the records, the "
                       "next start applies them again", self.db.seq)
+        if (fd := getattr(self, "_lock_fd", None)) is not None:
+            os.close(fd)                  # the state is free for the next daemon
 
     def reload(self) -> dict[str, Any]:
         """The config file again, in place (reload.py); also SIGHUP (never die of it)."""

@@ -15,7 +15,7 @@ import socket
 
 from .authorize import Authorizer
 from .backlog import Backlog, Pool
-from .bus import Listen
+from .bus import Listen, NhrpdWatch
 from .errors import RemoteProtocolError
 from .handover import Passed, inheritable_dup, pause_reading, settled, unread
 from .protocol.nhrpevent import Decoder, encode_reply
@@ -31,7 +31,8 @@ class NhrpEventServer:
     """Listens on `nhrp event socket PATH`; nhrpd connects and asks."""
 
     def __init__(self, authorizer: Authorizer, listen: Listen, path: str, mode: int, group: str,
-                 pool: Pool | None = None, fdstore: FdStore | None = None):
+                 pool: Pool | None = None, fdstore: FdStore | None = None,
+                 watch: NhrpdWatch | None = None):
         self.authorizer = authorizer
         self.listen = listen
         self.path, self.mode, self.group = path, mode, group
@@ -42,6 +43,7 @@ class NhrpEventServer:
         self.fdstore = fdstore
         self._serial = 0
         self.fdnames: dict[asyncio.StreamWriter, str] = {}
+        self.watch = watch             # registration recovery (recovery.py)
 
     # ---- restarts (handover.py): every question is answered at once, so settling is
     # only flushing the answers
@@ -85,6 +87,8 @@ class NhrpEventServer:
                       dec: Decoder | None = None, fdname: str = "") -> None:
         cred = peer_cred(writer.get_extra_info("socket"))
         log.info("nhrpd event socket: connection from pid=%d uid=%d", cred.pid, cred.uid)
+        if self.watch is not None:
+            self.watch.event_socket(True)
         dec = dec or Decoder()
         self.live[writer] = (reader, dec)
         if self.fdstore is not None and not fdname:
@@ -116,6 +120,8 @@ class NhrpEventServer:
             pass
         finally:
             mine = self.live.pop(writer, None) is not None     # else: handed over
+            if self.watch is not None:
+                self.watch.event_socket(False)
             self.fdnames.pop(writer, None)
             if mine and dec.pending:
                 log.warning("nhrpd event socket: connection closed in the middle of a block "
@@ -157,5 +163,7 @@ class NhrpEventServer:
         result = self.authorizer.authorize(None, remote_nbma, gre, block.get("local_nbma") or None,
                                            cert)
         self.authorizer.record(result)
+        if result["accept"] and self.watch is not None:
+            self.watch.registered(remote_nbma, result["connection"], block)
         self.stats["accepted" if result["accept"] else "rejected"] += 1
         return encode_reply(eventid, "accept" if result["accept"] else "reject")

@@ -14,6 +14,7 @@ Strategy (crash safety without a write per record):
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -117,6 +118,22 @@ class StateFile:
     path: Path
     # injected so tests can play a full disk (short writes, ENOSPC)
     write: Callable[[int, memoryview], int] = field(default=os.write, repr=False)
+
+    def lock(self) -> int:
+        """flock STATE_DIR/lock before touching the spool or a socket: a second daemon on
+        the same state would consume records, and take sockets over. Returns the fd."""
+        d = self.path.parent
+        d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"{d} is in use by another nhrpbridge (its lock file is held)") \
+                from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
 
     def load(self) -> tuple[dict[str, Any] | None, set[str]]:
         """Return (database state, applied record names); (None, set()) if absent.

@@ -61,7 +61,8 @@ class ViciServer:
     def __init__(self, db: SaDatabase, control: Control, listen: Listen, path: str, mode: int,
                  group: str, allowed_gids: frozenset[int], cert_lookup: CertLookup | None = None,
                  pool: Pool | None = None, clock: Callable[[], float] = time.time,
-                 protected_uids: frozenset[int] = frozenset(), fdstore: FdStore | None = None):
+                 protected_uids: frozenset[int] = frozenset(), fdstore: FdStore | None = None,
+                 on_nhrpd_session: Callable[[], None] | None = None):
         self.db = db
         self.control = control
         self.listen = listen
@@ -75,6 +76,7 @@ class ViciServer:
         self._adopted: set[asyncio.Task[None]] = set()
         self.fdstore = fdstore
         self._serial = 0
+        self.on_nhrpd_session = on_nhrpd_session   # registration recovery (recovery.py)
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -191,6 +193,12 @@ class ViciServer:
             if ok and packet.name is not None:
                 conn.events.add(packet.name)
                 self.store(conn)
+                # only nhrpd asks for it, first thing after it connects: a new session
+                if (packet.name == "child-state-installed" and self.on_nhrpd_session
+                        and conn.cred.uid in self.protected_uids | {0}):
+                    log.info("VICI: nhrpd (pid=%d uid=%d) began a new session",
+                             conn.cred.pid, conn.cred.uid)
+                    self.on_nhrpd_session()
             conn.send(Packet(PacketType.EVENT_CONFIRM if ok else PacketType.EVENT_UNKNOWN))
         elif t == PacketType.EVENT_UNREGISTER:
             ok = packet.name in conn.events

@@ -1,0 +1,147 @@
+"""Registration recovery: spokes registered again at once after the hub's nhrpd lost them.
+
+Why: nhrpd forgets every dynamic registration when it loses its VICI session (nhrpd
+restarted, or this daemon crashed with no fd store to keep the connection), and the
+spokes register again only on their periodic timer: holdtime/3, 40 minutes at nhrpd's
+default holdtime of 7200 s. Nothing on the wire makes a spoke register sooner, except
+its link to the hub coming up again: nhrpd registers with an NHS as soon as the peer
+comes online.
+
+Strategy:
+- A registrant is a peer whose registration this node authorized as a hub does it
+  (binding type `dynamic`, no NHS entry of its own: `num_nhs=0`); the set is kept in
+  state.json, so a crash does not forget it. A peer whose last link went down is no
+  longer one (it registers anyway when it comes back).
+- nhrpd's new session is the moment a connection from nhrpd's user (or root) that was
+  not handed over registers for `child-state-installed` (only nhrpd asks for it).
+- Once nhrpd is connected to the event socket too (or after EVENT_WAIT), and after
+  `grace` seconds more, the registrants that have live links and did not register
+  again meanwhile get their IKE SAs terminated, one after the other: each spoke's
+  nhrpbridge initiates its NHS link again (it is kept wanted) and its nhrpd registers.
+  A binding refused because nhrpd's event socket was not back yet would look accepted
+  to the spoke (nhrpd answers Success first), hence the wait for the event socket.
+- The choice is between a few seconds without the spokes' links and up to 40 minutes
+  without their registrations; `vici.recover-registrations: 0` turns it off.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .bus import Control
+from .errors import ControlError
+from .sa import Event
+from .sadb import SaDatabase
+
+__all__ = ["EVENT_WAIT", "Recovery"]
+
+log = logging.getLogger("nhrpbridge.recovery")
+EVENT_WAIT = 30.0       # nhrpd retries its event socket every 10 s; then go anyway
+
+
+class Recovery:
+    """A Sink (link-down) plus the three facts the front-ends report."""
+
+    def __init__(self, db: SaDatabase, control: Control, state: dict[str, Any],
+                 touch: Callable[[], None], grace: float, event_socket: bool,
+                 monotonic: Callable[[], float] = time.monotonic, event_wait: float = EVENT_WAIT):
+        self.db = db
+        self.control = control
+        self.state = state              # persisted with the database: state["registrants"]
+        self.touch = touch              # "state changed: checkpoint it"
+        self.grace = grace
+        self.wait_events = event_socket     # an event socket is configured: wait for nhrpd on it
+        self.monotonic = monotonic
+        self.event_wait = event_wait
+        self.fresh: set[str] = set()     # registered since nhrpd's session began
+        self.event_clients = 0
+        self._events_back = asyncio.Event()     # set while nhrpd is connected to it
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"sessions": 0, "terminated": 0, "failed": 0}
+
+    def registrants(self) -> dict[str, str]:
+        """NBMA -> connection (looked up each time: a state load replaces the dict)."""
+        regs: dict[str, str] = self.state.setdefault("registrants", {})
+        return regs
+
+    def reconfigure(self, grace: float) -> None:
+        self.grace = grace
+
+    # ---- what the front-ends report
+
+    def registered(self, nbma: str, connection: str, block: dict[str, str]) -> None:
+        """An accepted binding; only a registration with this node as the hub counts."""
+        if block.get("type") != "dynamic" or block.get("num_nhs", "0") != "0":
+            return
+        self.fresh.add(nbma)
+        if self.registrants().get(nbma) != connection:
+            self.registrants()[nbma] = connection
+            self.touch()
+
+    def event_socket(self, connected: bool) -> None:
+        """A connection to nhrpd's event socket began or ended."""
+        self.event_clients += 1 if connected else -1
+        if self.event_clients > 0:
+            self._events_back.set()
+        else:
+            self._events_back.clear()
+
+    def vici_session(self) -> None:
+        """nhrpd's new VICI session: every registration it had is gone."""
+        self.stats["sessions"] += 1
+        self.fresh.clear()
+        if self._task is not None:
+            self._task.cancel()
+        if self.grace <= 0 or not self.registrants():
+            return
+        self._task = asyncio.get_running_loop().create_task(self._recover())
+
+    # ---- Sink
+
+    def push_event(self, ev: Event) -> None:
+        if ev.kind != "link-down" or ev.link is None:
+            return
+        nbma = ev.link.remote_host
+        if nbma in self.registrants() and not self._up(nbma):
+            del self.registrants()[nbma]
+            self.touch()
+
+    def push_notice(self, msg: dict[str, Any]) -> None:
+        pass
+
+    # ---- the recovery
+
+    def _up(self, nbma: str) -> bool:
+        return any(lk.up and lk.remote_host == nbma for lk in self.db.links.values())
+
+    async def _recover(self) -> None:
+        t0 = self.monotonic()
+        known = len(self.registrants())
+        if self.wait_events:
+            try:
+                await asyncio.wait_for(self._events_back.wait(), self.event_wait)
+            except TimeoutError:
+                log.warning("registration recovery: nhrpd did not connect to the event socket "
+                            "within %.0f s; going on (its bindings may time out)", self.event_wait)
+        await asyncio.sleep(self.grace)
+        stale = [(nbma, conn) for nbma, conn in sorted(self.registrants().items())
+                 if nbma not in self.fresh and self._up(nbma)]
+        log.warning("registration recovery: nhrpd has a new VICI session (it lost its "
+                    "registrations); of %d peers registered before, %d registered again by "
+                    "themselves, %d with live links are terminated so that they register now",
+                    known, len(self.fresh), len(stale))
+        for nbma, conn in stale:
+            if nbma in self.fresh:          # it registered while the others were terminated
+                continue
+            try:
+                await self.control.terminate(conn, nbma, None)
+                self.stats["terminated"] += 1
+                log.info("registration recovery: %s %s terminated", conn, nbma)
+            except ControlError as exc:
+                self.stats["failed"] += 1
+                log.warning("registration recovery: terminating %s %s failed: %s", conn, nbma, exc)
+        log.info("registration recovery done %.1f s after nhrpd's new session",
+                 self.monotonic() - t0)
