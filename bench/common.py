@@ -15,11 +15,32 @@ from nhrpbridge.protocol.record import encode_record
 HOOK = ROOT / "hooks" / "nhrpbridge-updown"
 
 ROWS: list[tuple[str, str, str, str]] = []
+STEP = ["start"]            # what the running benchmark is doing: named if it fails
 
 
-def row(name: str, value: str, ratio: str = "", goal: str = "") -> None:
+class step:
+    """`with step("..."):` names the part of a benchmark that runs (for its failure)."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self) -> None:
+        STEP[0] = self.what
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def fmt(name: str, value: str, ratio: str, goal: str) -> str:
+    return f"  {name:<56} {value:>16} {ratio:>16} {goal}"
+
+
+def row(name: str, value: str, ratio: str = "", goal: str = "", met: bool | None = None) -> None:
+    """One figure; `met` False prints MISSED next to the goal (the run still exits 0)."""
+    if goal and met is not None:
+        goal = f"{goal}: {'met' if met else 'MISSED'}"
     ROWS.append((name, value, ratio, goal))
-    print(f"  {name:<52} {value:>16} {ratio:>14} {goal}", flush=True)
+    print(fmt(name, value, ratio, goal), flush=True)
 
 
 def shell_loop_seconds(command: str, n: int, env: dict[str, str]) -> float:
@@ -46,22 +67,30 @@ def median(values):
 class Daemon:
     """`nhrpbridge serve --state-dir` for a benchmark (VICI on, no pluto)."""
 
-    def __init__(self, state: Path, vici: bool = True):
+    def __init__(self, state: Path, vici: bool = True, extra: list[str] | None = None):
         self.state = Path(state)
+        self.extra = extra or []
         self.vici = str(self.state / "charon.vici") if vici else None
         self.proc = None
 
     def start(self, wait: float = 60.0) -> Daemon:
-        args = [sys.executable, "-m", "nhrpbridge", "serve", "--state-dir", str(self.state),
+        # BENCH_PROFILE=FILE: the daemon runs under cProfile, its profile written to FILE
+        prof = os.environ.get("BENCH_PROFILE")
+        args = [sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []),
+                "-m", "nhrpbridge", "serve", "--state-dir", str(self.state),
                 "--no-pluto", "--log-level", "warning"]
         if self.vici:
             args += ["--vici-socket", self.vici]
+        args += self.extra
         self.proc = subprocess.Popen(args, cwd=ROOT, stderr=open(self.state.parent / "daemon.log", "a"))
         end = time.monotonic() + wait
         target = Path(self.vici or self.state / "api.sock")
         while not target.exists():
             if time.monotonic() > end or self.proc.poll() is not None:
-                raise RuntimeError("daemon did not start; see daemon.log")
+                log = self.state.parent / "daemon.log"
+                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"daemon did not start (rc {self.proc.poll()}): "
+                                   + " | ".join(tail))
             time.sleep(0.01)
         return self
 

@@ -42,7 +42,7 @@ def run(n: int = 1_000_000) -> None:
         hits = sum(1 for l in lines if parse_line(l) is not None)
         parse = time.perf_counter() - start
         row("parse_line", f"{n / parse:,.0f} lines/s", f"{grep / parse:.3f}x grep",
-            "goal >= 200,000 lines/s")
+            "goal >= 200,000 lines/s", n / parse >= 200_000)
         it = LogInterpreter()
         start = time.perf_counter()
         for l in lines:

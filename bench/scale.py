@@ -66,7 +66,8 @@ def run(spokes: int = 10_000) -> None:
                 pos += 4 + length
             decode = time.perf_counter() - t0
             row("VICI list-sas full dump (server, wall)", f"{served:.3f} s",
-                f"{served / decode:.2f}x decode", "goal <= 1 s, <= 1x decode")
+                f"{served / decode:.2f}x decode", "goal <= 1 s, <= 1x decode",
+                served <= 1 and served <= decode)
             row("strongSwan vici client decoding the same bytes", f"{decode:.3f} s",
                 f"{n:,} list-sa, {len(raw) / 1e6:.1f} MB")
             # API subscribe dump
@@ -79,8 +80,10 @@ def run(spokes: int = 10_000) -> None:
                 buf += s.recv(1 << 20)
             dump = time.perf_counter() - t0
             s.close()
-            row("API subscribe full dump", f"{dump:.3f} s", f"{len(buf) / 1e6:.1f} MB", "goal <= 1 s")
-            row("daemon RSS with the hub loaded", f"{d.rss_mb():.0f} MB", "", "goal <= 200 MB")
+            row("API subscribe full dump", f"{dump:.3f} s", f"{len(buf) / 1e6:.1f} MB", "goal <= 1 s",
+                dump <= 1)
+            rss = d.rss_mb()
+            row("daemon RSS with the hub loaded", f"{rss:.0f} MB", "", "goal <= 200 MB", rss <= 200)
         finally:
             d.stop()
 

@@ -57,15 +57,18 @@ class ApiServer:
         self.allowed_gids = allowed_gids     # control ops: root, our uid, or these groups
         self.pool = pool
         self.connections: set[ApiConnection] = set()
-        self._last: tuple[Event | None, bytes] = (None, b"")
+        self._recent: dict[int, tuple[Event, bytes]] = {}      # seq -> encoding
         self.started = time.time()   # `hello` tells a restarted program from the old one
 
     def encoded(self, ev: Event) -> bytes:
-        """One encoding per event, shared by every subscriber (the bus hands each event
-        to all sinks before the next one, so a one-entry cache is enough)."""
-        if self._last[0] is not ev:
-            self._last = (ev, jsonl.encode(event_dict(ev)))
-        return self._last[1]
+        """One encoding per event, shared by every subscriber (the bus hands one
+        change's events to each sink in turn: the cache holds the last few)."""
+        hit = self._recent.get(ev.seq)
+        if hit is None or hit[0] is not ev:
+            if len(self._recent) >= 64:
+                self._recent.clear()
+            hit = self._recent[ev.seq] = (ev, jsonl.encode(event_dict(ev)))
+        return hit[1]
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -160,6 +163,15 @@ class ApiConnection:
         if self.subscribed is not None and connection_of(ev) != self.subscribed:
             return
         self.send_bytes(self.server.encoded(ev))
+
+    def push_events(self, events: list[Event]) -> None:
+        """The events of one change, in one write."""
+        if self.subscribed is False:
+            return
+        data = b"".join(self.server.encoded(ev) for ev in events
+                        if self.subscribed is None or connection_of(ev) == self.subscribed)
+        if data:
+            self.send_bytes(data)
 
     def push_notice(self, msg: dict[str, Any]) -> None:
         """Operator notices (liveness timeout, revival, updown failure); no seq."""

@@ -106,14 +106,22 @@ class Bus:
             self.sinks.remove(sink)
 
     def publish(self, events: list[Event]) -> None:
+        """The events of one change, to each sink in turn: a sink with `push_events`
+        takes them together (one write per client, not one per event)."""
         for ev in events:
             self.events += 1
             log.info("%s seq=%d %s", ev.kind, ev.seq, describe(ev))
-            for sink in list(self.sinks):
-                try:
-                    sink.push_event(ev)
-                except Exception:       # one sink's bug must not cost the others this event
-                    log.exception("%s could not take event seq %d", type(sink).__name__, ev.seq)
+        for sink in list(self.sinks):
+            many = getattr(sink, "push_events", None)
+            try:
+                if many is not None:
+                    many(events)
+                else:
+                    for ev in events:
+                        sink.push_event(ev)
+            except Exception:           # one sink's bug must not cost the others these events
+                log.exception("%s could not take events seq %d-%d", type(sink).__name__,
+                              events[0].seq, events[-1].seq)
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         """A message without seq (notices, binding decisions) to every sink."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ControlError, ErrorCode, PlutoError
-from .initiate import KEEP_MAX, TRANSIENT, Initiating
+from .initiate import ACCEPT_WAIT, KEEP_MAX, PARALLEL, TRANSIENT, Initiating
 from .perpeer import PerPeerConns
 from .pluto import (
     PlutoState,
@@ -61,7 +61,8 @@ class PlutoController(Initiating):
     def __init__(self, cfg: Config, db: SaDatabase, apply: Callable[[Any], list[Event]],
                  state: dict[str, Any], whack: Whack, run: Runner = subprocess_runner,
                  clock: Callable[[], float] = time.monotonic,
-                 shortcut_yield: float = SHORTCUT_YIELD, keep_first: float = KEEP_FIRST):
+                 shortcut_yield: float = SHORTCUT_YIELD, keep_first: float = KEEP_FIRST,
+                 accept_wait: float = ACCEPT_WAIT, parallel: int = PARALLEL):
         self.cfg = cfg
         self.db = db
         self.apply = apply
@@ -81,6 +82,9 @@ class PlutoController(Initiating):
         self._keepers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.keep_first = keep_first
         self.retry_first = 1.0
+        self.slots = asyncio.Semaphore(parallel)
+        self.accept_wait = accept_wait
+        self._states: asyncio.Task[list[PlutoState]] | None = None
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: timeouts, per-peer modes and the libreswan version take effect now."""
@@ -100,6 +104,13 @@ class PlutoController(Initiating):
         return result
 
     async def states(self) -> list[PlutoState]:
+        """pluto's states; callers at the same time share one `--showstates`."""
+        if self._states is None or self._states.done():
+            self._states = asyncio.get_running_loop().create_task(self._read_states())
+            self._states.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._states)
+
+    async def _read_states(self) -> list[PlutoState]:
         return parse_showstates((await self.call(self.whack.showstates(),
                                                  "whack --showstates")).stdout)
 

@@ -200,7 +200,7 @@ class Daemon:
 
     def _timed_checkpoint(self) -> None:
         self._checkpoint_timer = None
-        self.ingest_once()
+        self.ingest_once(full=False)     # a full scan here held the loop (the p99 tail)
         task = asyncio.get_running_loop().create_task(self.checkpoint_in_thread())
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)

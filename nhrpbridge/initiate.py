@@ -7,7 +7,12 @@ Strategy:
   half-open state or a Child SA with that peer on *any* conn, we wait for it
   (a second negotiation gets `cannot install eroute -- it is in use` on 4.10).
 - A link that comes up by any route (peer-initiated too) satisfies the waiters.
-- Fire-and-forget requests (VICI async) are retried on transient failures.
+- Fire-and-forget requests (VICI async) are retried on transient failures, and
+  answered once the first attempt is done or ACCEPT_WAIT has passed (strongSwan
+  answers an async initiate once it found the config): a hundred at once (nhrpd
+  after a burst of shortcuts) are all answered within a second.
+- Attempts for different peers run side by side, at most PARALLEL at a time (each is
+  a few whack calls of 0.05-3 s); one peer still has one attempt at a time.
 """
 from __future__ import annotations
 
@@ -26,11 +31,13 @@ from .sa import Link
 from .sadb import SaDatabase
 from .wire import link_dict
 
-__all__ = ["KEEP_MAX", "TRANSIENT", "Initiating"]
+__all__ = ["ACCEPT_WAIT", "KEEP_MAX", "PARALLEL", "TRANSIENT", "Initiating"]
 
 log = logging.getLogger("nhrpbridge.pluto")
 # failures worth retrying: nhrpd itself asks again only after ~2 minutes (FRR 8.4 to 10.3)
 KEEP_MAX = 30.0     # the longest wait between two attempts on a link to an NHS
+ACCEPT_WAIT = 0.5   # an async initiate is answered by then (success: "initiating")
+PARALLEL = 16       # attempts (whack call sequences) running at once
 TRANSIENT = frozenset({ErrorCode.PLUTO_NOT_RUNNING, ErrorCode.PLUTO_NOT_READY, ErrorCode.TIMEOUT,
                        ErrorCode.WHACK_ERROR})
 
@@ -62,6 +69,8 @@ class Initiating:
     shortcut_yield: float
     retry_first: float           # the first wait before retrying a transient failure
     per_peer: PerPeerConns
+    slots: asyncio.Semaphore     # PARALLEL attempts at a time
+    accept_wait: float           # ACCEPT_WAIT
     stats: dict[str, int]
     inflight: dict[tuple[str, str | None, str], asyncio.Task[str]]
     waiters: list[tuple[str, str, str | None, asyncio.Future[Link]]]
@@ -125,9 +134,13 @@ class Initiating:
             else:
                 self.stats["joined"] += 1
             if not wait:
-                # answer after the first attempt; retries of a transient failure go on
-                # in the background (a VICI client's queue must not wait for them)
-                return {"result": await asyncio.shield(task.first)}   # type: ignore[attr-defined]
+                # answer after the first attempt (or ACCEPT_WAIT); retries of a transient
+                # failure go on in the background (a VICI client must not wait for them)
+                try:
+                    return {"result": await asyncio.wait_for(
+                        asyncio.shield(task.first), self.accept_wait)}  # type: ignore[attr-defined]
+                except TimeoutError:
+                    return {"result": "initiating"}
             try:                                    # raises PlutoError if whack failed
                 how = await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
@@ -157,7 +170,8 @@ class Initiating:
         delay = self.retry_first
         while True:
             try:
-                how = await self._start(conn, remote, local)
+                async with self.slots:
+                    how = await self._start(conn, remote, local)
             except PlutoError as exc:
                 if exc.code not in TRANSIENT or self.clock() + delay > deadline \
                         or self._link_up(conn, remote, local) is not None:

@@ -16,7 +16,7 @@ Strategy:
   not handed over registers for `child-state-installed` (only nhrpd asks for it).
 - Once nhrpd is connected to the event socket too (or after EVENT_WAIT), and after
   `grace` seconds more, the registrants that have live links and did not register
-  again meanwhile get their IKE SAs terminated, one after the other: each spoke's
+  again meanwhile get their IKE SAs terminated, PARALLEL at a time: each spoke's
   nhrpbridge initiates its NHS link again (it is kept wanted) and its nhrpd registers.
   A binding refused because nhrpd's event socket was not back yet would look accepted
   to the spoke (nhrpd answers Success first), hence the wait for the event socket.
@@ -36,10 +36,12 @@ from .errors import ControlError
 from .sa import Event
 from .sadb import SaDatabase
 
-__all__ = ["EVENT_WAIT", "Recovery"]
+__all__ = ["EVENT_WAIT", "PARALLEL", "Recovery"]
 
 log = logging.getLogger("nhrpbridge.recovery")
 EVENT_WAIT = 30.0       # nhrpd retries its event socket every 10 s; then go anyway
+PARALLEL = 8            # terminates at once (each is a few whack calls; a slow pluto
+                        # took 10 s for one in the lab: one at a time adds them up)
 
 
 class Recovery:
@@ -133,15 +135,20 @@ class Recovery:
                     "registrations); of %d peers registered before, %d registered again by "
                     "themselves, %d with live links are terminated so that they register now",
                     known, len(self.fresh), len(stale))
-        for nbma, conn in stale:
-            if nbma in self.fresh:          # it registered while the others were terminated
-                continue
-            try:
-                await self.control.terminate(conn, nbma, None)
-                self.stats["terminated"] += 1
-                log.info("registration recovery: %s %s terminated", conn, nbma)
-            except ControlError as exc:
-                self.stats["failed"] += 1
-                log.warning("registration recovery: terminating %s %s failed: %s", conn, nbma, exc)
+        slots = asyncio.Semaphore(PARALLEL)
+
+        async def terminate(nbma: str, conn: str) -> None:
+            async with slots:
+                if nbma in self.fresh:      # it registered while the others were terminated
+                    return
+                try:
+                    await self.control.terminate(conn, nbma, None)
+                    self.stats["terminated"] += 1
+                    log.info("registration recovery: %s %s terminated", conn, nbma)
+                except ControlError as exc:
+                    self.stats["failed"] += 1
+                    log.warning("registration recovery: terminating %s %s failed: %s",
+                                conn, nbma, exc)
+        await asyncio.gather(*(terminate(nbma, conn) for nbma, conn in stale))
         log.info("registration recovery done %.1f s after nhrpd's new session",
                  self.monotonic() - t0)

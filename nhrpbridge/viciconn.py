@@ -2,7 +2,9 @@
 
 Requests are answered in order by one worker task per connection, so pipelined
 requests (nhrpd sends 5 packets on connect) keep their order and a slow `initiate`
-never delays another client. Writes never await; a client that stops reading is
+never delays another client. Consecutive `initiate` requests (nhrpd asks for many
+peers at once after a burst of shortcuts) are worked on side by side and answered
+in order. Writes never await; a client that stops reading is
 dropped alone (backlog.py), unless it is protected (nhrpd: see ViciServer).
 """
 from __future__ import annotations
@@ -19,9 +21,14 @@ from .unixsock import PeerCred
 if TYPE_CHECKING:
     from .viciserver import ViciServer
 
-__all__ = ["ViciConnection"]
+__all__ = ["BATCH", "ViciConnection"]
 
 log = logging.getLogger("nhrpbridge.vici")
+BATCH = 256           # consecutive initiates worked on together, at most
+
+
+def _side_by_side(packet: Packet) -> bool:
+    return packet.type == PacketType.CMD_REQUEST and packet.name == "initiate"
 
 
 class ViciConnection:
@@ -98,9 +105,16 @@ class ViciConnection:
             worker.cancel()
             self.close()
 
+    def _batch(self, first: Packet) -> list[Packet]:
+        """`first`, and the initiates queued right behind it (and the packet after them)."""
+        batch = [first]
+        while _side_by_side(batch[-1]) and len(batch) < BATCH and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
     async def _work(self) -> None:
         while True:
-            packet = await self.queue.get()
+            batch = self._batch(await self.queue.get())
             if self.protected and self.writer.transport.get_write_buffer_size() > SOFT:
                 # behind (nhrpd busy): answer its next request once it caught up, so no
                 # dump piles on top; events still go out meanwhile
@@ -110,15 +124,33 @@ class ViciConnection:
                     pass
             self.working = True
             try:
-                await self.server.handle(self, packet)
-            except RemoteProtocolError as exc:
-                log.warning("VICI client pid=%d: %s; closing", self.cred.pid, exc)
-                self.close()
-            except Exception:
-                log.exception("VICI %s %s failed", packet.type.name, packet.name)
-                if packet.type == PacketType.CMD_REQUEST:
-                    self.send(Packet(PacketType.CMD_RESPONSE, None,
-                                     {"success": "no", "errmsg": "internal error"}))
+                together = [p for p in batch if _side_by_side(p)]     # a prefix of it
+                if len(together) > 1:
+                    replies = await asyncio.gather(
+                        *(self.server.answer(self, p) for p in together), return_exceptions=True)
+                    for reply in replies:
+                        if isinstance(reply, BaseException):
+                            log.error("VICI initiate failed", exc_info=reply)
+                            reply = _internal_error()
+                        self.send(reply)
+                for packet in batch[len(together) if len(together) > 1 else 0:]:
+                    await self._one(packet)
             finally:
                 self.working = False
-                self.queue.task_done()
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def _one(self, packet: Packet) -> None:
+        try:
+            await self.server.handle(self, packet)
+        except RemoteProtocolError as exc:
+            log.warning("VICI client pid=%d: %s; closing", self.cred.pid, exc)
+            self.close()
+        except Exception:
+            log.exception("VICI %s %s failed", packet.type.name, packet.name)
+            if packet.type == PacketType.CMD_REQUEST:
+                self.send(_internal_error())
+
+
+def _internal_error() -> Packet:
+    return Packet(PacketType.CMD_RESPONSE, None, {"success": "no", "errmsg": "internal error"})

@@ -12,8 +12,9 @@ Strategy:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import fields
+from functools import cache
 from typing import Any
 
 from .sa import ChildSa, Event, IkeSa, Link
@@ -30,9 +31,15 @@ NO_CERTS: Certs = (None, None)
 
 # ---- API records ----------------------------------------------------------------
 
+@cache
+def _names(kind: Any) -> tuple[tuple[str, str], ...]:
+    """(attribute, API key) of a record type, worked out once (fields() is slow)."""
+    return tuple((f.name, f.name.replace("_", "-")) for f in fields(kind))
+
+
 def _kebab(rec: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
-    return {f.name.replace("_", "-"): getattr(rec, f.name) for f in fields(rec)
-            if f.name not in skip}
+    names = _names(type(rec))            # type: ignore[arg-type]  # a class is hashable
+    return {key: getattr(rec, name) for name, key in names if name not in skip}
 
 
 def ike_dict(ike: IkeSa) -> dict[str, Any]:
@@ -130,14 +137,19 @@ _CHILD_EVENTS = {
 }
 
 
-def vici_events(ev: Event, now: float, certs: Certs = NO_CERTS) -> list[tuple[str, dict[str, Any]]]:
-    """The VICI events (name, message) a database event raises, in the order sent."""
+def vici_events(ev: Event, now: float, certs: Certs = NO_CERTS,
+                wanted: Collection[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The VICI events (name, message) a database event raises, in the order sent;
+    only those in `wanted` (the names some client registered) are built."""
     ike = ev.ike_sa
     if ike is None:
         return []
     if ev.child_sa is not None:
         return [(name, ike_message(ike, [ev.child_sa], now, state, certs, up=up))
-                for name, state, up in _CHILD_EVENTS.get(ev.kind, ())]
+                for name, state, up in _CHILD_EVENTS.get(ev.kind, ())
+                if wanted is None or name in wanted]
+    if wanted is not None and {"ike-updown", "ike-rekey"}.isdisjoint(wanted):
+        return []
     if ev.kind in ("ike-up", "ike-down"):
         return [("ike-updown", ike_message(ike, [], now, certs=certs, up=ev.kind == "ike-up",
                                            with_children=False))]

@@ -397,3 +397,59 @@ def test_link_to_an_nhs_is_kept_up_until_terminated(tmp_path):
         assert len(runner.named("--initiate")) == 2           # not initiated again
     asyncio.run(scenario())
     assert d.extra_state["wanted"] == []
+
+
+class GatedWhack(RecordingWhack):
+    """RecordingWhack whose addconn and --initiate calls wait for `gate` (a pluto that
+    takes its time), so what runs side by side can be counted."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.gate = asyncio.Event()
+
+    async def __call__(self, argv, timeout):
+        if "addconn" in argv or "--initiate" in argv:
+            self.calls.append(argv)
+            await self.gate.wait()
+            return Result(0, "", "")
+        return await super().__call__(argv, timeout)
+
+
+def test_async_initiates_are_answered_while_their_attempts_go_on(tmp_path):
+    runner = GatedWhack()
+    c = replace(Config.for_state_dir(tmp_path / "s"))
+    d = Daemon(c)
+    d.load_state()
+    ctl = PlutoController(c, d.db, d.apply, d.extra_state, Whack(), run=runner,
+                          accept_wait=0.05, parallel=2)
+    peers = [f"198.51.100.{20 + i}" for i in range(5)]
+
+    async def scenario():
+        replies = await asyncio.gather(*(ctl.initiate("dmvpn", p, wait=False) for p in peers))
+        assert [r["result"] for r in replies] == ["initiating"] * 5
+        await until(lambda: len(runner.named("addconn")) == 2, what="two attempts")
+        await asyncio.sleep(0.1)
+        assert len(runner.named("addconn")) == 2          # bounded: the others wait
+        runner.gate.set()
+        await until(lambda: len(runner.named("--initiate")) == 5, what="every attempt")
+    asyncio.run(scenario())
+    names = sorted(c[c.index("--name") + 1] for c in runner.named("--initiate"))
+    assert names == [f"dmvpn-198-51-100-{20 + i}" for i in range(5)]
+
+
+def test_a_permanent_error_within_the_wait_still_reaches_the_caller(tmp_path):
+    runner = RecordingWhack(rc={"--initiate": 21})     # 21: unknown connection
+    d, ctl = make(tmp_path, runner)
+    with pytest.raises(ControlError):
+        asyncio.run(ctl.initiate("dmvpn", R, wait=False))
+
+
+def test_state_reads_at_the_same_time_share_one_showstates(tmp_path):
+    runner = RecordingWhack(delay=0.05)
+    d, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        await asyncio.gather(*(ctl.states() for _ in range(5)))
+        await ctl.states()                                # later: a new one
+    asyncio.run(scenario())
+    assert len(runner.named("--showstates")) == 2

@@ -464,9 +464,17 @@ from nhrpbridge.viciserver import ViciServer
 class _Collect:
     """A sink (push_event) and a VICI connection (event) that record what they get."""
 
+    closed = False
+
     def __init__(self, events=()):
         self.events = set(events)
         self.got = []
+        self.writer = self                   # the dump asks how much waits in the socket
+        self.transport = self
+
+    @staticmethod
+    def get_write_buffer_size():
+        return 0
 
     def event(self, name, data):
         if name in self.events:

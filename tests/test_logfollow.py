@@ -187,3 +187,27 @@ def test_journald_backend_with_a_stand_in_journalctl(tmp_path):
     argv = argv_file.read_text().split()
     assert "--after-cursor=s=0" in argv and "SYSLOG_IDENTIFIER=pluto" in argv
     assert JournalFollower().argv()[-1] == "--lines=0"
+
+
+def test_a_big_catch_up_comes_in_bounded_chunks_in_order(tmp_path):
+    """A log written while the daemon was down: the loop gets it a chunk at a time."""
+    from nhrpbridge.sources.logfollow import READ_LIMIT
+    log = tmp_path / "pluto.log"
+    log.write_text("")
+    f = FileFollower(str(log))
+    f.restore(None)
+    pos = f.position()
+    lines = [f"line {i:07d} " + "x" * 90 for i in range(3 * READ_LIMIT // 100 + 77)]
+    log.write_text("\n".join(lines) + "\n")
+    f2 = FileFollower(str(log))
+    f2.restore(pos)
+    got, calls = [], 0
+    while True:
+        chunk = f2.read_available()
+        calls += 1
+        assert len(chunk) * 100 <= READ_LIMIT + (1 << 16)      # bounded
+        got += chunk
+        if not f2.more:
+            break
+    assert got == lines and calls >= 3
+    assert f2.position()["offset"] == log.stat().st_size

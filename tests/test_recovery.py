@@ -147,7 +147,8 @@ def test_grace_zero_turns_it_off():
 @pytest.fixture
 def hub(sockdir):
     cfg = replace(Config.for_state_dir(sockdir / "state"), event_socket=str(sockdir / "ev.sock"),
-                  vici_socket=str(sockdir / "vici.sock"), recover_registrations=0.1)
+                  vici_socket=str(sockdir / "vici.sock"), recover_registrations=0.1,
+                  vici_protected_users=("root",))   # these tests run as root: "nhrpd's user"
     d = MemoryDaemon(cfg, Options(policy="any-authenticated", pluto=False)).start()
     run_hook(up_env(peer=S1), d.state_dir / "spool", "--no-chain")
     wait_until(lambda: len(d.daemon.db.links) == 1, what="link")
@@ -156,7 +157,7 @@ def hub(sockdir):
 
 
 def nhrpd_vici(hub):
-    """nhrpd's first packets (as root here: root counts as nhrpd's user)."""
+    """nhrpd's first packets (as root here, listed as nhrpd's user)."""
     s = hub.connect(hub.cfg.vici_socket)
     s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, "child-state-installed")))
     dec = Decoder()
@@ -182,16 +183,36 @@ def test_nhrpds_new_session_terminates_the_registered_spokes_link(hub):
     ev.close()
 
 
-def test_a_client_that_is_not_nhrpd_triggers_nothing(hub, sockdir):
+def test_a_client_that_is_not_nhrpd_triggers_nothing(hub):
     ev = hub.connect(hub.cfg.event_socket)
     ev.sendall(block(1, remote_nbma=S1))
     replies(ev, 1)
-    s = hub.connect(hub.cfg.vici_socket)
+    s = hub.connect(hub.cfg.vici_socket)        # upstream events: swanctl, a monitor
     s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, "child-updown")))
     s.recv(4096)
     assert "began a new session" not in hub.log_text()
     s.close()
     ev.close()
+
+
+def test_a_second_client_while_nhrpd_is_connected_triggers_nothing(hub):
+    first = nhrpd_vici(hub)
+    wait_until(lambda: "began a new session" in hub.log_text(), what="first session")
+    second = nhrpd_vici(hub)      # confirmed, so handled; nhrpd's session is live: not new
+    assert hub.log_text().count("began a new session") == 1
+    first.close()
+    second.close()
+
+
+def test_root_is_not_nhrpd_unless_listed(sockdir):
+    cfg = replace(Config.for_state_dir(sockdir / "state"), vici_socket=str(sockdir / "vici.sock"))
+    d = MemoryDaemon(cfg).start()                # protected-users: the default [frr]
+    try:
+        s = nhrpd_vici(d)                        # confirmed, so handled
+        assert "began a new session" not in d.log_text()
+        s.close()
+    finally:
+        d.stop()
 
 
 def test_registrants_survive_a_restart(sockdir):

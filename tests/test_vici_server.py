@@ -156,18 +156,22 @@ def test_unknown_events_and_commands(vdaemon):
 def test_initiate_and_terminate_map_to_whack(vdaemon):
     """Recording STAND-IN for `ipsec`: checks the argv nhrpd's requests turn into."""
     s = session(vdaemon)
-    # nhrpd's exact request: async, answered once whack accepted it
+    # nhrpd's exact request: async, answered once whack accepted it (or after 0.5 s)
     r = s.request("initiate", {"child": "dmvpn", "timeout": "-1", "async": "1",
                                "init-limits": "0", "my-host": "198.51.100.11",
                                "other-host": "198.51.100.1"})
     assert r["success"] == b"yes"
-    calls = [json.loads(l) for l in (vdaemon.standin / "calls.jsonl").read_text().splitlines()]
-    assert ["whack", "--name", "dmvpn-198-51-100-1", "--initiate", "--asynchronous"] in calls
+    want = ["whack", "--name", "dmvpn-198-51-100-1", "--initiate", "--asynchronous"]
+    wait_until(lambda: want in [json.loads(l) for l in
+                                (vdaemon.standin / "calls.jsonl").read_text().splitlines()],
+               what="whack --initiate")
     # the official client's streamed initiate (control-log registered first)
     logs = list(session(vdaemon).initiate({"child": "dmvpn", "other-host": "198.51.100.2",
                                                 "timeout": "-1"}))
     assert any(b"initiating dmvpn to 198.51.100.2" in l.get("msg", b"") for l in logs)
-    # whack fails -> success=no with errmsg, the only thing nhrpd logs
+    # whack fails -> success=no with errmsg, the only thing nhrpd logs (when the failure
+    # comes before the answer: each stand-in call here is a python start, so wait for it)
+    vdaemon.daemon.controller.accept_wait = 30
     (vdaemon.standin / "rcinitiate").write_text("21")
     with pytest.raises(vici.exception.CommandException, match="unknown-connection|rc 21"):
         s.request("initiate", {"child": "dmvpn", "async": "1", "other-host": "198.51.100.3"})
@@ -308,3 +312,77 @@ def test_vici_control_ops_refused_to_other_uids(sockdir):
         assert "VICI initiate refused to pid=" in d.log.read_text()
     finally:
         d.kill9()
+
+
+def test_pipelined_initiates_run_side_by_side_and_are_answered_in_order(sockdir):
+    """nhrpd after a burst of shortcuts: many initiates back to back, then another request."""
+    from test_control import GatedWhack
+    cfg = replace(Config.for_state_dir(sockdir / "state"), vici_socket=str(sockdir / "v.sock"))
+    d = MemoryDaemon(cfg, Options(pluto=True))
+    gated = GatedWhack()
+    d.daemon.controller.run_cmd = gated
+    d.daemon.controller.accept_wait = 60     # answers wait for the attempts (the gate)
+    d.start()
+    try:
+        s = d.connect(cfg.vici_socket)
+        peers = [f"198.51.100.{30 + i}" for i in range(6)]
+        s.sendall(b"".join(encode_packet(Packet(PacketType.CMD_REQUEST, "initiate", {
+            "child": b"dmvpn", "other-host": p.encode(), "async": b"1"})) for p in peers)
+            + encode_packet(Packet(PacketType.CMD_REQUEST, "version")))
+        # all six attempts reached addconn while pluto (the gate) had answered none: one
+        # at a time, the first would hold the others for as long as the gate is shut
+        wait_until(lambda: len(gated.named("addconn")) == 6, what="six attempts at once")
+        d.loop.call_soon_threadsafe(gated.gate.set)
+        dec, answers = Decoder(), []
+        while len(answers) < 7:
+            dec.feed(s.recv(65536))
+            while (p := dec.next_packet()) is not None:
+                answers.append(p.message)
+        assert [a.get("success") for a in answers[:6]] == [b"yes"] * 6
+        assert answers[6].get("daemon") == b"nhrpbridge"     # the version reply came last
+        wait_until(lambda: len(gated.named("--initiate")) == 6, what="six whack --initiate")
+        s.close()
+    finally:
+        d.stop()
+
+
+def test_list_sas_is_streamed_to_a_client_that_reads_slowly(sockdir):
+    """A big dump waits in the socket only STREAM_AHEAD bytes at a time; others go on."""
+    from nhrpbridge.sa import ChildUp
+    from nhrpbridge.viciserver import STREAM_AHEAD
+    cfg = replace(Config.for_state_dir(sockdir / "state"), vici_socket=str(sockdir / "v.sock"))
+    d = MemoryDaemon(cfg).start()
+    n = 4000
+
+    def load():
+        for i in range(n):
+            peer = f"10.1.{i // 256}.{i % 256}"
+            d.daemon.apply(ChildUp("dmvpn", "dmvpn", "198.51.100.1", peer, "@hub",
+                                   "C=XX, O=DMVPN Lab, CN=" + "x" * 200 + f"{i}",
+                                   spi_in=0x1000 + i, spi_out=0x9000 + i, source="test"))
+    try:
+        d.call(load)
+        slow = d.connect(cfg.vici_socket)
+        slow.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, "list-sa"))
+                     + encode_packet(Packet(PacketType.CMD_REQUEST, "list-sas")))
+        server = d.daemon.handovers["vici"]
+        pending = lambda: sum(c.writer.transport.get_write_buffer_size()
+                              for c in list(server.connections))
+        time.sleep(1.0)                            # the dump would be done by now if not held
+        assert 0 < pending() <= STREAM_AHEAD + 4096
+        other = d.connect(cfg.vici_socket)         # another client is answered meanwhile
+        other.sendall(encode_packet(Packet(PacketType.CMD_REQUEST, "version")))
+        dec = Decoder()
+        dec.feed(other.recv(4096))
+        assert dec.next_packet().message["daemon"] == b"nhrpbridge"
+        dec, events, done = Decoder(), 0, False
+        while not done:
+            dec.feed(slow.recv(1 << 16))
+            while (p := dec.next_packet()) is not None:
+                events += p.type == PacketType.EVENT
+                done = done or p.type == PacketType.CMD_RESPONSE
+        assert events == n
+        slow.close()
+        other.close()
+    finally:
+        d.stop()

@@ -10,6 +10,9 @@ Strategy (file):
 - rename+create rotation: the path's inode changes -> drain the old file to its
   end, then read the new one from 0. copytruncate: the size drops below our
   offset -> read again from 0. The file not existing yet: wait for it.
+- A catch-up (a big log written while we were down) is read READ_LIMIT bytes at a
+  time, each chunk handed to the sink before the next is read: the loop is never held
+  for the whole file, and memory holds one chunk of lines, not the file.
 - A partial last line waits for its newline. Lines are decoded as UTF-8 with
   replacement: garbage never stops the follower. Lines over MAX_LINE are cut.
 Strategy (journald): `journalctl -o json -f SYSLOG_IDENTIFIER=pluto`, resuming
@@ -39,6 +42,7 @@ __all__ = ["FileFollower", "JournalFollower", "make_follower", "MAX_LINE"]
 log = logging.getLogger("nhrpbridge.plutolog")
 MAX_LINE = 64 * 1024
 POLL = 1.0
+READ_LIMIT = 1 << 19     # bytes per read: ~4,000 lines, ~60 ms of interpretation (bench)
 
 LineSink = Callable[[list[str], bool], None]   # (lines, from a trusted source)
 
@@ -51,6 +55,7 @@ class FileFollower:
         self.inode: int | None = None
         self.offset = 0
         self.partial = b""
+        self.more = False             # the last read stopped at READ_LIMIT
         self.sink: LineSink | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -114,6 +119,8 @@ class FileFollower:
             log.warning("pluto log %s was truncated (copytruncate); reading from 0", self.path)
             self.offset, self.partial = 0, b""
         lines += self._drain()
+        if self.more:                        # the rest (and any rotation) on the next call
+            return lines
         try:
             current = os.stat(self.path).st_ino
         except FileNotFoundError:
@@ -130,10 +137,13 @@ class FileFollower:
     def _drain(self) -> list[str]:
         out: list[str] = []
         assert self.fd is not None            # only called with the file open
+        read = 0
         while True:
-            chunk = os.pread(self.fd, 1 << 20, self.offset)
+            self.more = read >= READ_LIMIT
+            chunk = b"" if self.more else os.pread(self.fd, 1 << 16, self.offset)
             if not chunk:
                 return out
+            read += len(chunk)
             self.offset += len(chunk)
             data = self.partial + chunk
             parts = data.split(b"\n")
@@ -174,6 +184,9 @@ class FileFollower:
                 continue
             if lines and self.sink:
                 self.sink(lines, self.trusted())
+            if self.more:                    # catching up: the next chunk after a yield
+                self._wake.set()
+                await asyncio.sleep(0)
 
     def trusted(self) -> bool:
         """Only root (pluto) or our own user can have written this file."""
