@@ -22,7 +22,7 @@ test: $(VPY)
 	$(VPY) -m pytest
 
 bench: $(VPY)
-	$(VPY) bench/run.py
+	$(VPY) bench/run.py $(ARGS)
 
 # the user-mode-linux DMVPN lab (root); FLAVOUR=debian12|debian13 (default: both),
 # REPEAT=N runs it N times per flavour
