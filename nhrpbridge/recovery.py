@@ -76,8 +76,8 @@ class Recovery:
 
     def registered(self, nbma: str, connection: str, block: dict[str, str]) -> None:
         """An accepted binding; only a registration with this node as the hub counts."""
-        if block.get("type") != "dynamic" or block.get("num_nhs", "0") != "0":
-            return
+        if block.get("type") != "dynamic" or block.get("num_nhs", "0") != "0" or not connection:
+            return                          # (no connection: no link to terminate later)
         self.fresh.add(nbma)
         if self.registrants().get(nbma) != connection:
             self.registrants()[nbma] = connection

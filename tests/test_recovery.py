@@ -52,6 +52,7 @@ def test_only_registrations_at_a_hub_make_registrants():
     rec.registered(S1, "dmvpn", HUB_BLOCK)
     rec.registered(S2, "dmvpn", {"type": "nhs", "num_nhs": "0"})       # a spoke's NHS reply
     rec.registered(S3, "dmvpn", {"type": "dynamic", "num_nhs": "1"})   # a spoke's shortcut
+    rec.registered("198.51.100.50", "", HUB_BLOCK)                    # no link, no connection
     assert state["registrants"] == {S1: "dmvpn"}
     assert touched == [1]                      # persisted: checkpoint asked for once
     rec.registered(S1, "dmvpn", HUB_BLOCK)
