@@ -157,15 +157,10 @@ class ApiConnection:
         self.close(abort=True)
 
     def push_event(self, ev: Event) -> None:
-        """Called by the daemon for every event, in seq order."""
-        if self.subscribed is False:
-            return
-        if self.subscribed is not None and connection_of(ev) != self.subscribed:
-            return
-        self.send_bytes(self.server.encoded(ev))
+        self.push_events([ev])
 
     def push_events(self, events: list[Event]) -> None:
-        """The events of one change, in one write."""
+        """The events of one change, in seq order, in one write (the bus prefers this)."""
         if self.subscribed is False:
             return
         data = b"".join(self.server.encoded(ev) for ev in events

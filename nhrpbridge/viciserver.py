@@ -170,10 +170,8 @@ class ViciServer:
     # ---- events from the daemon
 
     def push_event(self, ev: Event) -> None:
-        if not self.connections or ev.ike_sa is None:
-            return
         wanted = set().union(*(c.events for c in self.connections))
-        if not wanted:
+        if not wanted or ev.ike_sa is None:
             return
         for name, msg in vici_events(ev, self.clock(), self.certs(ev.ike_sa), wanted):
             targets = [c for c in self.connections if name in c.events]
