@@ -423,6 +423,90 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   pingtest spoke1 203.0.113.1 || { R9=FAIL; W9="$W9 spoke1->hub ping;"; }
   scenario hub-outage $R9 "hub unreachable for $(awk -v a=$TD -v b=$TB 'BEGIN{printf "%.0f", b-a}') s; spoke1 nhrpbridge re-initiated the hub link $((K1 - K0)) times; per-peer conn deletions $DEL; spoke1 in the hub cache $(awk -v a=$TB -v b=$TR 'BEGIN{printf "%.1f", b-a}') s after the hub came back;$W9"
 
+  # ---- 11. peers: `nhrpbridge status --peers` on the hub, joined with nhrpd's cache -----
+  # spoke2's pluto is back first (gone since `loss`): its nhrpbridge brings its NHS link up
+  rm -f /tmp/lab/spoke2/norespawn-pluto; start_pluto spoke2
+  echo "T spoke2-pluto-back $(up)"
+  R11=PASS; W11=""
+  waitfor 90 hub_has 203.0.113.12 || { R11=FAIL; W11="$W11 spoke2 not registered again;"; }
+  echo "T spoke2-registered-again $(up)"
+  pingtest spoke1 203.0.113.1; pingtest spoke2 203.0.113.1
+  echo "=== hub: nhrpbridge status --peers"
+  nb hub status --peers --vty-socket /tmp/lab/hub/frr | tee /tmp/lab/peers.txt
+  PJ=$(nb hub status --peers --json --vty-socket /tmp/lab/hub/frr)
+  echo "$PJ" > $LABOUT/hub/peers.json
+  PEERS_OK=$(echo "$PJ" | $PY -c '
+import json, sys
+d = json.load(sys.stdin)
+ok = [p["nbma"] for p in d["peers"] if p["link"] == "up" and p["nhrp-type"] == "dynamic"
+      and p["binding"] == "accept" and p["ike-serials"] and p["children"] >= 1
+      and p["gre-address"] == "203.0.113." + p["nbma"].rsplit(".", 1)[1]]
+print(" ".join(sorted(ok)), "|", d["nhrpd"])')
+  case "$PEERS_OK" in "198.51.100.11 198.51.100.12 | ok") ;; *) R11=FAIL; W11="$W11 joined view: '$PEERS_OK';";; esac
+  scenario peers $R11 "hub status --peers: link up + IKE serial + nhrpd dynamic entry + accepted binding for [$PEERS_OK]; $(grep -E '^198\.51\.100\.11 ' /tmp/lab/peers.txt | tr -s ' ' | cut -c1-120);$W11"
+
+  # ---- 12. revocation: a CRL revoking spoke2 dropped into the hub's store + reload ---
+  R12=PASS; W12=""
+  S1A=$(wk hub --showstates | grep -E '198\.51\.100\.11.*ESTABLISHED_IKE_SA' | sed -n 's/^\(000 \)\{0,1\}#\([0-9]*\):.*/\2/p' | sort -n | tr '\n' ' ')
+  ip netns exec labspoke1 ping -c 40 -i 0.5 -W 1 203.0.113.1 > /tmp/lab/ping-revocation.txt 2>&1 &
+  PR=$!
+  sleep 1
+  cp $LABOUT/pki/crl-spoke2.pem $LABOUT/pki/store/
+  MARK=$(wc -l < $LABOUT/hub/pluto.log)
+  TC=$(up)
+  RL=$(nb hub reload --json)
+  TR0=$(up)            # the reload applied (the CLI's python start took the time before)
+  # cut off: the hub's pluto deleted its IKE SA with spoke2 (its log), or has none (whack);
+  # spoke2 may come back (pluto does not know the CRL): each time its IKE SA is terminated
+  # again and its registration refused
+  spoke2_cut() { tail -n +$MARK $LABOUT/hub/pluto.log | grep -Eq '198\.51\.100\.12 #[0-9]+: deleting (state|IKE SA)|deleting connection instance with peer 198\.51\.100\.12' \
+          || ! wk hub --showstates | grep -q '198.51.100.12.*ESTABLISHED_IKE_SA'; }
+  waitfor 10 spoke2_cut && TCUT=$(awk -v a=$TR0 -v b=$(up) 'BEGIN{printf "%.1f", b-a}') \
+    || { R12=FAIL; W12="$W12 hub kept an IKE SA with spoke2 for 10 s;"; TCUT=">10"; }
+  PDEL=$(tail -n +$MARK $LABOUT/hub/pluto.log | grep -E '198\.51\.100\.12 #[0-9]+: deleting (state|IKE SA)' | head -1 | cut -c1-130)
+  echo "T revocation-cut $(up)"
+  TGONE="not within 60 s"
+  waitfor 60 sh -c "! vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -q ' 203.0.113.12 '" \
+    && TGONE="$(awk -v a=$TR0 -v b=$(up) 'BEGIN{printf "%.1f", b-a}') s" || { R12=FAIL; W12="$W12 hub nhrpd kept 203.0.113.12;"; }
+  P2=0; for k in 1 2 3 4 5; do ping_ok spoke2 203.0.113.1 && P2=$((P2+1)); sleep 0.5; done
+  [ "$P2" -eq 0 ] || { R12=FAIL; W12="$W12 spoke2->hub $P2/5 pings answered after the revocation;"; }
+  wait $PR
+  RX1=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' /tmp/lab/ping-revocation.txt)
+  S1B=$(wk hub --showstates | grep -E '198\.51\.100\.11.*ESTABLISHED_IKE_SA' | sed -n 's/^\(000 \)\{0,1\}#\([0-9]*\):.*/\2/p' | sort -n | tr '\n' ' ')
+  [ "${RX1:-0}" -ge 39 ] || { R12=FAIL; W12="$W12 spoke1->hub only ${RX1:-0}/40 pings;"; }
+  [ "$S1A" = "$S1B" ] || { R12=FAIL; W12="$W12 spoke1's IKE SAs changed [$S1A] -> [$S1B];"; }
+  hub_has 203.0.113.11 >/dev/null || { R12=FAIL; W12="$W12 spoke1 left the hub cache;"; }
+  REVL=$(nblog hub | grep 'nhrpbridge.revocation' | head -1 | sed 's/.*revocation: //' | cut -c1-160)
+  REJ2=$(nblog hub | grep 'binding-rejected: GRE 203.0.113.12 .*revoked' | tail -1 | sed 's/.*binding-rejected: //' | cut -c1-120)
+  echo "  hub reload: $RL"
+  scenario revocation $R12 "CRL for spoke2 + reload ($(awk -v a=$TC -v b=$TR0 'BEGIN{printf "%.1f", b-a}') s for the CLI): hub pluto '$PDEL' $TCUT s after the reload, nhrpd's cache entry gone after $TGONE; spoke2->hub pings after: $P2/5; hub log: '$REVL'; later binding: '${REJ2:-none asked}'; spoke1: ${RX1:-0}/40 pings, IKE [$S1A] -> [$S1B];$W12"
+
+  # ---- 13. metrics: the hub's /metrics, scraped once, against its log since it started --
+  # counters start at 0 with each process (the kill -9 in `restarts` started a new one,
+  # `restart` exec'd one): log lines are counted from the last ' ready: ', before and after
+  R13=PASS; W13=""
+  since() { nblog hub | awk -v p="$1" '/ ready: / {n = 0} $0 ~ p {n++} END {print n + 0}'; }
+  B0=""; for p in "binding-accepted:" "binding-rejected: .*revoked" "revocation: IKE SA .* terminated"; do B0="$B0 $(since "$p")"; done
+  ip netns exec labhub $PY -c '
+import urllib.request
+req = urllib.request.Request("http://127.0.0.1:9108/metrics",
+                             headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    print(r.headers["Content-Type"])
+    print(r.read().decode())' > $LABOUT/hub/metrics.txt 2>&1 || { R13=FAIL; W13="$W13 scrape failed;"; }
+  B1=""; for p in "binding-accepted:" "binding-rejected: .*revoked" "revocation: IKE SA .* terminated"; do B1="$B1 $(since "$p")"; done
+  msum() { awk -v p="$1" 'index($1, p) == 1 {s += $2} END {print s + 0}' $LABOUT/hub/metrics.txt; }
+  head -1 $LABOUT/hub/metrics.txt | grep -q openmetrics-text || { R13=FAIL; W13="$W13 not OpenMetrics;"; }
+  M=" $(msum 'nhrpbridge_bindings_total{decision="accept"') $(msum 'nhrpbridge_bindings_total{decision="reject",reason="revoked"}') $(msum 'nhrpbridge_terminations_total{cause="revocation"}')"
+  set -- $B0; a0=$1 r0=$2 t0=$3; set -- $B1; a1=$1 r1=$2 t1=$3; set -- $M; ma=$1 mr=$2 mt=$3
+  [ "$ma" -ge "$a0" ] && [ "$ma" -le "$a1" ] || { R13=FAIL; W13="$W13 accepted $ma vs log $a0..$a1;"; }
+  [ "$mr" -ge "$r0" ] && [ "$mr" -le "$r1" ] && [ "$mr" -ge 1 ] || { R13=FAIL; W13="$W13 rejected as revoked $mr vs log $r0..$r1;"; }
+  [ "$mt" -ge "$t0" ] && [ "$mt" -le "$t1" ] && [ "$mt" -ge 1 ] || { R13=FAIL; W13="$W13 revocation terminations $mt vs log $t0..$t1;"; }
+  grep -q '^nhrpbridge_initiate_seconds_bucket' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no initiate histogram;"; }
+  grep -q '^nhrpbridge_links{connection="dmvpn",state="up"} [1-9]' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no link up;"; }
+  grep -E '^nhrpbridge_(links|bindings_total|terminations_total|whack_failures_total|vici_clients|spool_backlog|log_follower_lag_bytes|reconcile_last)' $LABOUT/hub/metrics.txt | sed 's/^/  hub metrics: /'
+  scenario metrics $R13 "hub /metrics scraped (OpenMetrics): bindings accepted $ma (hub log since this process started: $a0..$a1), rejected as revoked $mr (log: $r0..$r1), IKE SAs terminated for revocation $mt (log: $t0..$t1); $(grep '^nhrpbridge_links{' $LABOUT/hub/metrics.txt | tr '\n' ' ');$W13"
+
   # ---- shut down --------------------------------------------------------------------
   kill $TD 2>/dev/null; wait $TD 2>/dev/null
   for n in $NODES; do touch /tmp/lab/$n/norespawn /tmp/lab/$n/norespawn-pluto; done

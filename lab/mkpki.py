@@ -3,6 +3,8 @@
 
 Every spoke's certificate carries its GRE address as an IP subjectAltName, except
 spoke3's, which claims 203.0.113.13 but holds 203.0.113.99: the forged registration.
+The CA certificate goes into the hub's store too (it verifies CRLs), and for each node a
+CRL that revokes it, `crl-NODE.pem`, outside the store: the revocation scenario copies one in.
 Usage: mkpki.py OUTDIR node:gre-ip[:san-ip] ...
 """
 import datetime as dt
@@ -37,6 +39,7 @@ def main() -> int:
                          critical=True)
           .sign(ca_key, hashes.SHA256()))
     (out / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (out / "store" / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for spec in sys.argv[2:]:
         name, gre, *san = spec.split(":")
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -51,6 +54,13 @@ def main() -> int:
         (out / f"{name}.p12").write_bytes(pkcs12.serialize_key_and_certificates(
             name.encode(), key, cert, None, serialization.BestAvailableEncryption(b"lab")))
         (out / "store" / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+               .last_update(NOW).next_update(NOW + dt.timedelta(days=7))
+               .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                        .serial_number(cert.serial_number)
+                                        .revocation_date(NOW).build())
+               .sign(ca_key, hashes.SHA256()))
+        (out / f"crl-{name}.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return 0
 
 

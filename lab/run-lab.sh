@@ -1,8 +1,9 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes
-# (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each) and checks six scenarios.
+# (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each) and checks thirteen scenarios.
 # Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep]
 #                       [--timeout SECS] [--no-install] [--record-updown]
+#                       [--lifetimes IKE:CHILD:MARGIN]
 # Flavours: debian12 boots the host's own Debian 12 (libreswan 4.10, FRR 8.4); debian13 a
 # Debian 13 root made by lab/mkroot.sh (libreswan 5.2, FRR 10.3), both with the same UML
 # kernel. all (the default) runs debian12 then debian13.
@@ -13,6 +14,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 REPEAT=1; KEEP=0; TMO=900; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
+LIFETIMES=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --flavour|--flavor)
@@ -22,6 +24,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --timeout) TMO=$2; shift;;
     --no-install) INSTALL=0;;
     --record-updown) HOOK=lab/record-updown.sh;;   # keep every updown environment (samples)
+    --lifetimes) LIFETIMES=$2; shift;;             # IKE:CHILD:MARGIN seconds on every node
     -h|--help) sed -n '2,12p' "$0"; exit 0;;
     *) echo "run-lab.sh: unknown argument $1" >&2; exit 2;;
   esac; shift
@@ -40,14 +43,20 @@ if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
-PY=$(python3 -c 'import sys; print(sys.executable)')
-"$PY" -c 'import yaml, jinja2, cryptography, watchdog' 2>/dev/null || {
-  echo "python3 lacks nhrpbridge's dependencies: pip install pyyaml jinja2 cryptography watchdog" >&2
+# the project's own venv (make venv: the dependencies from setup.cfg); the debian12 guest
+# boots the host's / and runs it as is, the debian13 root has its own (Debian packages)
+make -s -C "$ROOT" venv >/dev/null || { echo "run-lab.sh: make venv failed" >&2; exit 2; }
+PY=$ROOT/.venv/bin/python
+"$PY" -c 'import yaml, jinja2, cryptography, watchdog, prometheus_client' || {
+  echo "run-lab.sh: the venv $ROOT/.venv lacks nhrpbridge's dependencies (make clean venv)" >&2
   exit 2; }
 
 node_yaml() { # node role nbma gre
   local n=$1 role=$2 nbma=$3 gre=$4 policy=any-authenticated store="" perpeer=""
-  if [ "$role" = hub ]; then policy=gre-ip-in-cert-san; store="  cert-store: $OUT/pki/store"; fi
+  local metrics=""
+  if [ "$role" = hub ]; then policy=gre-ip-in-cert-san; store="  cert-store: $OUT/pki/store"
+    metrics="metrics:
+  listen: 127.0.0.1:9108"; fi
   # the hub initiates only in the `whack` scenario: there it checks `--remote-host` on
   # libreswan 5.x (4.x reuses the newest template instance for it: per-peer conns there)
   if [ "$role" = hub ] && [ "$FL" = debian13 ]; then perpeer="    per-peer: \"no\""; fi
@@ -73,6 +82,7 @@ vici:
 nhrp-events:
   socket: /run/nhrp-events.sock
 $store
+$metrics
 connections:
   dmvpn:
     policy: $policy
@@ -90,6 +100,8 @@ node:
   auth:
     method: cert
     cert: $n
+$(if [ -n "$LIFETIMES" ]; then IFS=: read -r li lc lm <<<"$LIFETIMES"
+    printf '  lifetimes:\n    ike: %s\n    child: %s\n    rekey-margin: %s\n' "$li" "$lc" "$lm"; fi)
   liveness:
     dpddelay: 2
     # pluto gives up an IKE_AUTH after this: a slow guest's hub once needed 11 s, the spoke
@@ -160,7 +172,7 @@ done
 echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
 for fl in $FLAVOURS; do
   echo "  $fl: wall times $(awk -v f=$fl '$1==f {printf "%ss ", $2}' "$WALLS")"
-  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage; do
+  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics; do
     p=$(grep -c "^$fl $s PASS" "$SUMMARY" || true); x=$(grep -c "^$fl $s XFAIL" "$SUMMARY" || true)
     printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
   done

@@ -38,7 +38,7 @@ __all__ = ["CAPABILITIES", "ApiConnection", "ApiServer"]
 
 log = logging.getLogger("nhrpbridge.api")
 CAPABILITIES = ["list", "subscribe", "initiate", "terminate", "resync", "authorize", "reload",
-                "restart"]
+                "restart", "bindings"]
 CONTROL_OPS = {"initiate", "terminate", "resync", "reload", "restart"}
 
 
@@ -323,6 +323,10 @@ class ApiConnection:
         result = auth.authorize(_req_str(msg, "connection"), _req_str(msg, "remote-nbma"),
                                 _req_str(msg, "gre-address"), _opt_str(msg, "local-nbma"))
         self.reply(req_id, **result)
+
+    def op_bindings(self, req_id: Any, msg: dict[str, Any]) -> None:
+        """The last registration decision per peer NBMA (for `status --peers`)."""
+        self.reply(req_id, bindings=dict(self.server.authorizer.last))
 
     def _spawn(self, req_id: Any, coro: Coroutine[Any, Any, dict[str, Any]]) -> None:
         async def run() -> None:

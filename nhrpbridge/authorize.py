@@ -12,7 +12,8 @@ Strategy:
   (policy.py) over data already in memory; our own certificate is read by
   certutil in a worker thread and cached, never while an answer waits.
 - Decisions are logged and published to API subscribers as `binding-accepted` /
-  `binding-rejected` (no seq: they change no SA).
+  `binding-rejected` (no seq: they change no SA); the last one per peer NBMA is kept
+  for `status --peers` (bounded: LAST_DECISIONS peers).
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import asyncio
 import logging
 import subprocess
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from .bus import Bus
-from .certs import CertInfo, CertStore, nss_cert_der, parse_dn
+from .certs import CertInfo, CertStore, Revoked, nss_cert_der, parse_dn
 from .config import Config, ConnConfig
 from .policy import Decision, decide
 from .sa import IkeSa
@@ -35,6 +37,7 @@ __all__ = ["Authorizer"]
 
 log = logging.getLogger("nhrpbridge.authorize")
 LOCAL_CERT_TTL = 300.0
+LAST_DECISIONS = 65536
 
 
 class Authorizer:
@@ -59,14 +62,16 @@ class Authorizer:
         self.local_nick = local_nick
         self._local: tuple[float, bytes | None] = (0.0, None)
         self._refreshing: asyncio.Task[None] | None = None
+        self.last: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: new profiles, the certificate store read again (or another one)."""
         self.connections = cfg.connections
         if not cfg.cert_store:
             self.store = None
-        elif self.store is None or str(self.store.path) != cfg.cert_store:
-            self.store = CertStore(cfg.cert_store).load()
+        elif self.store is None or (self.store.path, self.store.crl_dir) != (cfg.cert_store,
+                                                                              cfg.crl_dir):
+            self.store = CertStore(cfg.cert_store, cfg.crl_dir).load()
         else:
             self.store.load()
         nick = cfg.node.cert if cfg.node and cfg.node.auth == "cert" else ""
@@ -125,6 +130,12 @@ class Authorizer:
         return self.store.lookup(peer_id=ike.remote_id, subject=ike.remote_cert_subject,
                                  issuer=ike.remote_cert_issuer)
 
+    def revocation(self, ike: IkeSa | None) -> tuple[CertInfo, Revoked] | None:
+        """The peer's certificate and why it is revoked, if the store says so."""
+        cert = self.peer_cert(ike)
+        revoked = self.store.revocation(cert) if cert is not None and self.store else None
+        return (cert, revoked) if cert is not None and revoked is not None else None
+
     def cert_data(self, ike: IkeSa) -> Certs:
         """(our DER, the peer's DER) from memory; for VICI local/remote-cert-data."""
         cert = self.peer_cert(ike)
@@ -159,9 +170,10 @@ class Authorizer:
         decision: Decision = decide(
             policy, gre_address, has_child_sa=link is not None,
             peer_id=(ike.remote_id if ike else "") or (link.remote_id if link else ""),
-            cert=cert, expected_issuer=issuer, allowed_prefixes=prefixes)
+            cert=cert, expected_issuer=issuer, allowed_prefixes=prefixes,
+            revoked=self.store.revocation(cert) if self.store else None)
         result = {"decision": decision.result, "accept": decision.accept,
-                  "reason": decision.reason + note, "policy": policy, "connection": conn,
+                  "code": decision.code, "reason": decision.reason + note, "policy": policy, "connection": conn,
                   "remote-nbma": remote_nbma, "local-nbma": local_nbma or (link.local_host if link else None),
                   "gre-address": gre_address, "peer-id": ike.remote_id if ike else None,
                   "cert-source": "store" if cert else None}
@@ -175,5 +187,11 @@ class Authorizer:
         log.log(level, "%s: GRE %s from NBMA %s (%s, policy %s): %s", kind,
                 result["gre-address"], result["remote-nbma"], result["peer-id"] or "no peer",
                 result["policy"], result["reason"])
+        self.last.pop(result["remote-nbma"], None)
+        self.last[result["remote-nbma"]] = {
+            "time": time.time(), "decision": result["decision"], "code": result["code"],
+            "gre-address": result["gre-address"], "reason": result["reason"]}
+        if len(self.last) > LAST_DECISIONS:
+            self.last.popitem(last=False)
         self.bus.broadcast({"type": kind, **{k: v for k, v in result.items()
                                                 if k not in ("accept", "decision")}})

@@ -41,6 +41,7 @@ class Pool:
         self.limit = limit
         self.stall = stall           # seconds without progress past SOFT before a drop
         self.pending = 0
+        self.drops = 0               # clients dropped (metrics)
 
 
 _DEFAULT_POOL = Pool()
@@ -59,6 +60,10 @@ class Backlog:
         self._progress = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
 
+    def _drop(self, reason: str) -> None:
+        self.pool.drops += 1
+        self.drop(reason)
+
     def wrote(self, n: int) -> None:
         """Call after transport.write(n bytes); may drop the client."""
         pending = self.transport.get_write_buffer_size()
@@ -69,7 +74,7 @@ class Backlog:
         self._last = pending
         if self.protected:
             if pending > PROTECTED_HARD:
-                self.drop(f"{pending} bytes pending (limit {PROTECTED_HARD} for a protected client)")
+                self._drop(f"{pending} bytes pending (limit {PROTECTED_HARD} for a protected client)")
             elif pending > SOFT and not self.warned:
                 self.warned = True
                 log.warning("a protected client is %d bytes behind; kept (not dropped)", pending)
@@ -77,7 +82,7 @@ class Backlog:
                 self.warned = False
             return
         if self.pool.pending > self.pool.limit and pending > SOFT:
-            self.drop(f"{pending} bytes pending while all clients hold {self.pool.pending} "
+            self._drop(f"{pending} bytes pending while all clients hold {self.pool.pending} "
                       f"(global limit {self.pool.limit})")
             return
         if pending <= SOFT + self.allowance:
@@ -85,9 +90,9 @@ class Backlog:
                 self.allowance = 0
             return
         if pending > HARD + self.allowance:
-            self.drop(f"{pending} bytes pending (hard limit {HARD})")
+            self._drop(f"{pending} bytes pending (hard limit {HARD})")
         elif now - self._progress > self.pool.stall:
-            self.drop(f"{pending} bytes pending and nothing read for {now - self._progress:.0f} s")
+            self._drop(f"{pending} bytes pending and nothing read for {now - self._progress:.0f} s")
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.pool.stall, self._recheck)
 

@@ -10,6 +10,11 @@ Strategy:
   indexes certificates by subject and by SAN (DNS, IP, email); files that are not
   certificates, cannot be parsed or have expired are reported with the file name
   and the reason, and skipped: a bad file never stops the daemon.
+- CRLs (PEM or DER) in the store or in `crl-dir` revoke certificates by (issuer,
+  serial). A CRL is used only if the store holds its issuer's CA certificate and the
+  signature verifies; an expired CRL still revokes (revocation must not lapse because a
+  CRL was not refreshed) and is reported. pluto keeps its own view (its NSS database):
+  this store is what registration authorization and revocation (revocation.py) use.
 - pluto never exposes the peer's certificate (not in updown, whack or the log), so the
   store is the only source of peer certificate data; our own certificate comes
   from pluto's NSS database with `certutil -L -d sql:DIR -n NICK -r` (argv).
@@ -28,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 __all__ = ["parse_dn", "dn_of", "format_dn", "CertStore", "CertInfo", "nss_cert_der",
-           "cert_info", "StoreProblem"]
+           "cert_info", "StoreProblem", "Revoked"]
 
 log = logging.getLogger("nhrpbridge.certs")
 
@@ -110,6 +115,7 @@ class CertInfo:
     san_emails: tuple[str, ...]
     san_dirnames: tuple[DN, ...]
     is_ca: bool
+    serial: int = 0
 
     def expired(self, now: dt.datetime | None = None) -> bool:
         now = now or dt.datetime.now(dt.UTC)
@@ -140,15 +146,45 @@ def cert_info(der: bytes, path: str = "") -> CertInfo:
         san_dns=tuple(san.get_values_for_type(x509.DNSName)),
         san_emails=tuple(san.get_values_for_type(x509.RFC822Name)),
         san_dirnames=tuple(dn_of(n) for n in san.get_values_for_type(x509.DirectoryName)),
-        is_ca=is_ca)
+        is_ca=is_ca, serial=cert.serial_number)
 
 
-def _load_file(path: Path) -> list[bytes]:
+@dataclass(frozen=True)
+class Revoked:
+    """One revoked certificate: what an operator needs to see in a rejection."""
+
+    serial: int
+    when: dt.datetime
+    crl: str
+
+    def __str__(self) -> str:
+        return f"revoked on {self.when:%Y-%m-%d %H:%M} UTC (serial {self.serial:#x}, {self.crl})"
+
+
+def _load_file(path: Path) -> tuple[list[bytes], list[x509.CertificateRevocationList]]:
+    """(certificates as DER, CRLs) in one PEM or DER file; ValueError if neither."""
     raw = path.read_bytes()
+    if b"-----BEGIN X509 CRL" in raw:
+        return [], [x509.load_pem_x509_crl(raw)]
     if b"-----BEGIN" in raw:
         certs = x509.load_pem_x509_certificates(raw)
-        return [c.public_bytes(Encoding.DER) for c in certs]
-    return [raw]
+        return [c.public_bytes(Encoding.DER) for c in certs], []
+    try:
+        x509.load_der_x509_certificate(raw)
+        return [raw], []
+    except ValueError:
+        try:
+            return [], [x509.load_der_x509_crl(raw)]
+        except ValueError:
+            raise ValueError("neither a certificate nor a CRL (PEM or DER)") from None
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: CertInfo) -> bool:
+    try:
+        return crl.is_signature_valid(
+            x509.load_der_x509_certificate(ca.der).public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -165,26 +201,31 @@ class CertStore:
     """Peer certificates from a directory, indexed by subject DN and SAN IDs."""
 
     path: str
+    crl_dir: str = ""
     by_subject: dict[DN, list[CertInfo]] = field(default_factory=dict)
     by_id: dict[str, list[CertInfo]] = field(default_factory=dict)
     problems: list[StoreProblem] = field(default_factory=list)
+    revoked: dict[tuple[DN, int], Revoked] = field(default_factory=dict)
     loaded_at: float = 0.0
 
     def load(self) -> CertStore:
-        self.by_subject, self.by_id, self.problems = {}, {}, []
-        root = Path(self.path)
-        if not root.is_dir():
-            self.problems.append(StoreProblem(self.path, "not a directory"))
-            return self
-        for f in sorted(root.iterdir()):
-            if not f.is_file() or f.name.startswith("."):
-                continue
+        self.by_subject, self.by_id, self.problems, self.revoked = {}, {}, [], {}
+        crls: list[tuple[str, x509.CertificateRevocationList]] = []
+        files: list[Path] = []
+        for d in (self.path, self.crl_dir):
+            if d and not Path(d).is_dir():
+                self.problems.append(StoreProblem(d, "not a directory"))
+            elif d:
+                files += sorted(f for f in Path(d).iterdir()
+                                if f.is_file() and not f.name.startswith("."))
+        for f in files:
             try:
-                ders = _load_file(f)
+                ders, found = _load_file(f)
                 infos = [cert_info(d, str(f)) for d in ders]
             except Exception as exc:  # noqa: BLE001 - cryptography raises more than ValueError
-                self.problems.append(StoreProblem(str(f), f"not a certificate ({exc})"))
+                self.problems.append(StoreProblem(str(f), f"not a certificate or CRL ({exc})"))
                 continue
+            crls += [(str(f), crl) for crl in found]
             for info in infos:
                 if info.expired():
                     self.problems.append(StoreProblem(
@@ -194,12 +235,37 @@ class CertStore:
                 self.by_subject.setdefault(info.subject, []).append(info)
                 for ident in info.ids():
                     self.by_id.setdefault(ident, []).append(info)
+        for path, crl in crls:
+            self._add_crl(path, crl)
         for p in self.problems:
             log.warning("certificate store: %s (skipped)", p)
         self.loaded_at = time.monotonic()
-        log.info("certificate store %s: %d certificates", self.path,
-                 sum(len(v) for v in self.by_subject.values()))
+        log.info("certificate store %s: %d certificates, %d revoked", self.path,
+                 sum(len(v) for v in self.by_subject.values()), len(self.revoked))
         return self
+
+    def _add_crl(self, path: str, crl: x509.CertificateRevocationList) -> None:
+        issuer = dn_of(crl.issuer)
+        cas = [c for c in self.by_subject.get(issuer, []) if c.is_ca]
+        if not cas:
+            self.problems.append(StoreProblem(path, f"CRL issuer {format_dn(issuer)} has no CA "
+                                                    "certificate in the store: cannot verify it"))
+            return
+        if not any(_signed_by(crl, ca) for ca in cas):
+            self.problems.append(StoreProblem(path, "CRL signature does not verify with "
+                                                    f"{format_dn(issuer)}'s certificate"))
+            return
+        nxt = crl.next_update_utc
+        if nxt is not None and nxt < dt.datetime.now(dt.UTC):
+            log.warning("certificate store: %s: CRL expired on %s: still used (a revocation "
+                        "does not lapse), fetch a new one", path, f"{nxt:%Y-%m-%d}")
+        for entry in crl:
+            self.revoked[(issuer, entry.serial_number)] = Revoked(
+                entry.serial_number, entry.revocation_date_utc, path)
+
+    def revocation(self, cert: CertInfo | None) -> Revoked | None:
+        """Why `cert` must not be trusted any more (None: not revoked, or no cert)."""
+        return self.revoked.get((cert.issuer, cert.serial)) if cert is not None else None
 
     def lookup(self, peer_id: str = "", subject: str = "", issuer: str = "") -> CertInfo | None:
         """The peer's certificate by log subject (+issuer) or authenticated peer ID."""

@@ -112,16 +112,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         with _client(args) as c:
             req = {"connection": args.connection} if args.connection else {}
             reply = c.request("list", **req)
+            bindings = c.request("bindings") if args.peers else {}
     except DaemonUnreachable as exc:
         return _unreachable(exc)
     if not reply.get("ok"):
         print(f"nhrpbridge: {reply.get('error', {}).get('message')}", file=sys.stderr)
         return EXIT_FAIL
+    if args.peers:
+        return _print_peers(args, reply, bindings.get("bindings", {}))
     if args.json:
         out = {k: reply[k] for k in ("links", "ike-sas", "child-sas", "seq")}
         print(json.dumps(out, indent=None, sort_keys=True))
         return EXIT_OK
     print(format_status(reply))
+    return EXIT_OK
+
+
+def _print_peers(args: argparse.Namespace, listing: dict[str, Any],
+                 bindings: dict[str, dict[str, Any]]) -> int:
+    import time
+
+    from .peerview import format_peers, peer_rows
+    from .vtysh import nhrpd_cache
+    cache, note = nhrpd_cache(args.vtysh, args.vty_socket)
+    rows = peer_rows(listing, bindings, cache, time.time())
+    if args.json:
+        print(json.dumps({"peers": rows, "nhrpd": note or "ok"}, sort_keys=True))
+    else:
+        print(format_peers(rows, note))
     return EXIT_OK
 
 
@@ -328,6 +346,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from .install import apply, plan
+    try:
+        done = apply(plan(args.prefix, args.destdir, args.config or ""), args.dry_run)
+    except NhrpBridgeError as exc:
+        print(f"nhrpbridge install: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps({"dry-run": args.dry_run, "files": [
+            {"what": i.what, "path": str(i.target), "mode": f"{i.mode:04o}", "state": st}
+            for i, st in done]}))
+        return EXIT_OK
+    verb = {"installed": "would install", "updated": "would update"} if args.dry_run else {}
+    for item, state in done:
+        print(f"{verb.get(state, state):>13}  {item.target}  ({item.what}, {item.mode:04o})")
+    hook = next(i.path for i, _ in done if i.what == "hook")
+    print(f"next: leftupdown=\"{hook} --spool /run/nhrpbridge/spool\" (node.hook: {hook}); "
+          "systemd-tmpfiles --create nhrpbridge.conf; systemctl daemon-reload; "
+          "systemctl enable --now nhrpbridge")
+    return EXIT_OK
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"nhrpbridge {__version__}")
     return EXIT_OK
@@ -336,5 +376,5 @@ def cmd_version(args: argparse.Namespace) -> int:
 _COMMANDS = {"serve": cmd_serve, "status": cmd_status, "events": cmd_events,
              "check-config": cmd_check_config, "initiate": cmd_initiate,
              "terminate": cmd_terminate, "resync": cmd_resync, "reload": cmd_reload, "restart": cmd_restart, "replay": cmd_replay, "render": cmd_render,
-             "authorize": cmd_authorize,
+             "authorize": cmd_authorize, "install": cmd_install,
              "version": cmd_version}

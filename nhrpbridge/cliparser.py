@@ -53,11 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert-store", metavar="DIR", help="peer certificates (PEM/DER files)")
     p.add_argument("--policy", metavar="NAME", help="registration policy for every connection")
 
-    p = sub.add_parser("status", help="show links and SAs",
-                       description="Show links, IKE SAs and Child SAs from the daemon.")
+    p = sub.add_parser("status", help="show links and SAs, or one line per peer",
+                       description="Show links, IKE SAs and Child SAs from the daemon. With "
+                                   "--peers: one line per peer joining nhrpbridge's link and "
+                                   "SAs with nhrpd's cache (vtysh 'show ip nhrp cache json') "
+                                   "and the last registration decision.")
     _add_socket_args(p)
-    p.add_argument("--json", action="store_true", help="one JSON object (links, ike-sas, child-sas)")
+    p.add_argument("--json", action="store_true", help="one JSON object (links, ike-sas, "
+                   "child-sas; with --peers: {\"peers\": [...]})")
     p.add_argument("--connection", metavar="NAME", help="only this connection")
+    p.add_argument("--peers", action="store_true", help="one line per peer (NBMA, GRE address, "
+                   "link, IKE serials, Child SAs, up for, last rekey, nhrpd cache type, last "
+                   "binding decision, ID)")
+    p.add_argument("--vtysh", metavar="CMD", default="vtysh",
+                   help="vtysh to ask nhrpd with (default vtysh; '' = do not ask nhrpd)")
+    p.add_argument("--vty-socket", metavar="DIR", help="vtysh --vty_socket DIR (FRR's run "
+                   "directory, when not the default)")
 
     p = sub.add_parser("events", help="follow the event stream",
                        description="Subscribe: print the current state, then every change.")
@@ -144,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR")
     p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
                    help="pause between calls")
+
+    p = sub.add_parser("install", help="install the hook, systemd unit, tmpfiles.d entry and "
+                       "templates", description="Place the updown hook "
+                       "(PREFIX/libexec/nhrpbridge/updown), the systemd unit "
+                       "(PREFIX/lib/systemd/system/nhrpbridge.service, starting this nhrpbridge), "
+                       "the tmpfiles.d entry (PREFIX/lib/tmpfiles.d/nhrpbridge.conf) and the "
+                       "render templates (PREFIX/share/nhrpbridge/templates). Only files that "
+                       "differ are written: running it again changes nothing. Prints what it did.")
+    p.add_argument("--prefix", default="/usr/local", help="where to install (default /usr/local; "
+                   "systemd and tmpfiles.d read /usr/local/lib as well as /usr/lib)")
+    p.add_argument("--destdir", default="", metavar="DIR",
+                   help="stage everything under DIR (packaging); paths inside stay as for --prefix")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="the config file the unit passes (default /etc/nhrpbridge/nhrpbridge.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("version", help="print the version")
     return parser

@@ -61,6 +61,9 @@ class NodeConfig:
     psk: str = ""
     dpddelay: int = 10
     retransmit_timeout: int = 60
+    ike_lifetime: int = 0                # s; 0: libreswan's default (ikelifetime=)
+    child_lifetime: int = 0              # s; 0: libreswan's default (salifetime=)
+    rekey_margin: int = 0                # s; 0: libreswan's default (rekeymargin=)
     ike: str = ""
     esp: str = ""
     hook: str = "/usr/libexec/nhrpbridge/updown"
@@ -96,6 +99,10 @@ class Config:
     recover_registrations: float = 5.0     # s after nhrpd's new session; 0: off (recovery.py)
     event_socket: str = ""
     cert_store: str = ""
+    crl_dir: str = ""                    # CRLs (also read from the cert store)
+    metrics_listen: str = ""             # HOST:PORT or a unix socket path; "" = off
+    metrics_mode: int = 0o660
+    metrics_group: str = ""
     nss_dir: str = "/var/lib/ipsec/nss"
     connections: dict[str, ConnConfig] = field(default_factory=dict)
     node: NodeConfig | None = None
@@ -132,7 +139,10 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
              "group": ("vici_group", F.str_),
              "protected-users": ("vici_protected_users", F.str_list),
              "recover-registrations": ("recover_registrations", F.number)},
-    "nhrp-events": {"socket": ("event_socket", F.socket_path), "cert-store": ("cert_store", F.path)},
+    "nhrp-events": {"socket": ("event_socket", F.socket_path), "cert-store": ("cert_store", F.path),
+                    "crl-dir": ("crl_dir", F.path)},
+    "metrics": {"listen": ("metrics_listen", F.listen_address), "mode": ("metrics_mode", F.mode),
+                "group": ("metrics_group", F.str_)},
 }
 CONN_SPEC: dict[str, Callable[[yaml.Node], Any]] = {
     "per-peer": F.choice("auto", "yes", "no"), "policy": F.choice(*POLICIES),
@@ -262,6 +272,9 @@ NODE_SUB: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
              "ca": ("ca", F.str_), "peer-id": ("peer_id", F.str_), "psk": ("psk", F.str_)},
     "liveness": {"dpddelay": ("dpddelay", F.int_field(0, 86400)),
                  "retransmit-timeout": ("retransmit_timeout", F.int_field(1, 86400))},
+    "lifetimes": {"ike": ("ike_lifetime", F.int_field(0, 86400)),
+                  "child": ("child_lifetime", F.int_field(0, 86400)),
+                  "rekey-margin": ("rekey_margin", F.int_field(0, 86400))},
 }
 
 
@@ -294,4 +307,8 @@ def _walk_node(col: F.Collector, node: yaml.Node, key: yaml.Node) -> NodeConfig 
         col.add(line, "node.auth.cert", "certificate auth needs the NSS nickname of our cert")
     if cfg.auth == "psk" and not cfg.psk:
         col.add(line, "node.auth.psk", "PSK auth needs psk (quote it)")
+    for life, name in ((cfg.child_lifetime, "child"), (cfg.ike_lifetime, "ike")):
+        if life and cfg.rekey_margin and cfg.rekey_margin >= life:
+            col.add(line, "node.lifetimes.rekey-margin", f"{cfg.rekey_margin} s is not shorter "
+                    f"than the {name} lifetime ({life} s): every SA would be rekeyed at once")
     return cfg if len(col.problems) == before else None

@@ -16,7 +16,7 @@ from .errors import ConfigProblem
 
 __all__ = [
     "CONN_NAME", "LOG_LEVELS", "MAX_PROBLEMS", "Collector", "choice", "conn_name", "ifname",
-    "int_field", "ip", "ip_list", "join", "mode", "number", "path", "scalar", "socket_path",
+    "int_field", "ip", "ip_list", "join", "listen_address", "mode", "number", "path", "scalar", "socket_path",
     "str_", "str_list",
 ]
 
@@ -108,6 +108,23 @@ def ip_list(node: yaml.Node) -> tuple[str, ...]:
         except ValueError:
             raise ValueError(f"{text!r} is not an IP address") from None
     return tuple(out)
+
+
+def listen_address(node: yaml.Node) -> str:
+    """`HOST:PORT` (`[V6]:PORT`) for TCP, or an absolute unix socket path."""
+    text = str_(node)
+    if text.startswith("/"):
+        return socket_path(node)
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither HOST:PORT (an IP address and a port) nor an "
+                         "absolute unix socket path") from None
+    if not sep or not re.fullmatch(r"\d{1,5}", port) or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return text
 
 
 def int_field(lo: int, hi: int) -> Callable[[yaml.Node], int]:

@@ -78,7 +78,9 @@ class PlutoController(Initiating):
         self.waiters: list[tuple[str, str, str | None, asyncio.Future]] = []
         self.per_peer = PerPeerConns(Path(cfg.state_dir) / "peers.conf", cfg.ipsec_conf, whack,
                                      self.call, state)
-        self.stats = {"whack-calls": 0, "initiates": 0, "joined": 0, "skipped-race": 0}
+        self.stats = {"whack-calls": 0, "whack-failures": 0, "initiates": 0, "joined": 0,
+                      "skipped-race": 0, "reconcile-changes": 0}
+        self.last_reconcile = 0.0            # Unix time of the last successful one
         self._keepers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.keep_first = keep_first
         self.retry_first = 1.0
@@ -98,8 +100,13 @@ class PlutoController(Initiating):
     async def call(self, argv: list[str], what: str, timeout: float | None = None) -> Result:
         self.stats["whack-calls"] += 1
         log.debug("running %s", argv)
-        result = await self.run_cmd(argv, timeout or self.cfg.whack_timeout)
+        try:
+            result = await self.run_cmd(argv, timeout or self.cfg.whack_timeout)
+        except PlutoError:
+            self.stats["whack-failures"] += 1
+            raise
         if reply_code(result) != 0:
+            self.stats["whack-failures"] += 1
             raise error_for(result, what)
         return result
 
@@ -142,6 +149,8 @@ class PlutoController(Initiating):
         else:
             view = Reconcile(view.ike_sas, view.child_sas, grace=RECONCILE_GRACE)
         events = self.apply(view)
+        self.stats["reconcile-changes"] += len(events)
+        self.last_reconcile = time.time()
         if events:
             log.info("reconciled with pluto: %d changes", len(events))
         return {"reconciled": True, "changes": len(events), "seq": self.db.seq}

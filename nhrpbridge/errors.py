@@ -13,6 +13,8 @@
       SpoolError               a spool others could write into: its records would be forged
       SocketInUse              a live server already answers on a socket path we would bind
       DaemonUnreachable        (clients) no daemon answers on the API socket
+      InstallError             `nhrpbridge install`: a file to install is missing, a target
+                               cannot be written
 
 Codecs raise only ProtocolError subclasses (the h11 split), so a server can catch
 RemoteProtocolError per connection and keep serving everybody else. Errors that reach a
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
-    "ConfigError", "ConfigProblem", "ControlError", "DaemonUnreachable", "ErrorCode",
+    "ConfigError", "ConfigProblem", "ControlError", "DaemonUnreachable", "ErrorCode", "InstallError",
     "LocalProtocolError", "NhrpBridgeError", "PlutoError", "ProtocolError", "RecordError",
     "RemoteProtocolError", "RenderError", "SocketInUse", "SpoolError", "StateError",
 ]
@@ -152,3 +154,7 @@ class SocketInUse(NhrpBridgeError):
 
 class DaemonUnreachable(NhrpBridgeError):
     """No daemon answers on the API socket (the CLI exits 3)."""
+
+
+class InstallError(NhrpBridgeError):
+    """A file to install is missing, or a target cannot be written."""

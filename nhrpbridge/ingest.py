@@ -56,6 +56,10 @@ class Ingestor:
         self._blocked: set[str] = set()       # a record being written and those after it
         self._incomplete: dict[str, float] = {}   # record name -> monotonic first sight
 
+    def backlog(self) -> int:
+        """Records in the spool not applied yet (metrics; a directory scan)."""
+        return sum(name not in self._on_disk for name in self.spool.pending())
+
     def take_pending(self) -> list[str]:
         """The applied records a checkpoint is about to include."""
         names, self.pending = self.pending, []

@@ -4,7 +4,8 @@ Strategy:
 - Templates live in the top-level templates/ directory. One FileSystemLoader gets a
   search path, earlier directories overriding later ones: --templates DIR,
   /etc/nhrpbridge/templates, the source checkout (only when setup.cfg sits next to
-  it), and <sys data>/share/nhrpbridge/templates for installed copies.
+  it), and share/nhrpbridge/templates under <sys data>, /usr/local and /usr for
+  installed copies (`nhrpbridge install` puts them under its --prefix).
 - Values are escaped for ipsec.conf by the `ipsec` filter (quoted when they hold
   spaces or commas, as DNs do) and refused when they cannot be written safely
   (a newline, a double quote, NUL): RenderError names the value.
@@ -40,7 +41,10 @@ def template_dirs(extra: str | None = None) -> list[Path]:
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "setup.cfg").exists():
         dirs.append(checkout / "templates")
-    dirs.append(Path(sysconfig.get_path("data")) / "share" / "nhrpbridge" / "templates")
+    for prefix in (sysconfig.get_path("data"), "/usr/local", "/usr"):
+        d = Path(prefix) / "share" / "nhrpbridge" / "templates"
+        if d not in dirs:
+            dirs.append(d)
     return [d for d in dirs if d.is_dir()]
 
 

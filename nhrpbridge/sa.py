@@ -37,6 +37,7 @@ class IkeSa:
     remote_cert_issuer: str = ""
     established: float = 0.0
     inferred: bool = False           # seen only through its Child SAs
+    rekeyed: float = 0.0             # when pluto last rekeyed it (0: never)
 
     @property
     def link_key(self) -> LinkKey:
@@ -64,6 +65,7 @@ class ChildSa:
     serial: int | None = None
     installed: float = 0.0
     source: str = ""
+    rekeyed: float = 0.0             # when pluto last rekeyed it (0: never)
 
     @property
     def link_key(self) -> LinkKey:

@@ -228,7 +228,7 @@ class SaDatabase(SaTables):
     def _ike_rekeyed(self, rk: IkeRekeyed) -> None:
         ike = self.ike_by_serial(rk.old_serial)
         if ike is not None:
-            new = replace(ike, serial=rk.new_serial)
+            new = replace(ike, serial=rk.new_serial, rekeyed=self._now)
             self._set_ike(ike, new)
             self._emit("ike-rekeyed", ike_sa=new)
 
@@ -236,7 +236,7 @@ class SaDatabase(SaTables):
         child = self._match_child("", "", 0, 0, rk.old_serial)
         if child is None:
             return
-        fill: dict[str, Any] = {"serial": rk.new_serial}
+        fill: dict[str, Any] = {"serial": rk.new_serial, "rekeyed": self._now}
         if rk.spi_in or rk.spi_out:
             fill.update(spi_in=rk.spi_in, spi_out=rk.spi_out)
         if rk.ike_serial is not None and (ike := self.ike_by_serial(rk.ike_serial)):

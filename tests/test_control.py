@@ -168,6 +168,8 @@ def test_whack_failure_gives_a_clear_error(tmp_path):
         asyncio.run(ctl.initiate("dmvpn", R))
     assert exc.value.code == "unknown-connection" and "rc 21" in str(exc.value)
     assert not ctl.inflight
+    failed = [c for c in runner.calls if "--initiate" in c]
+    assert ctl.stats["whack-failures"] == len(failed) >= 1     # what the metrics report
 
 
 def test_terminate_peer_4x_and_ike_id_maps_to_serial(tmp_path):
@@ -194,6 +196,7 @@ def test_reconcile_pluto_restart_brings_every_link_down(tmp_path):
     d, ctl = make(tmp_path, runner)
     asyncio.run(ctl.reconcile())
     assert len(d.db.links) == 2
+    assert ctl.stats["reconcile-changes"] > 0 and ctl.last_reconcile > 0
     runner.rc = {"--showstates": 33}
     runner.showstates = ""
     # rc 33 alone is not "not running": that needs pluto's words

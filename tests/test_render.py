@@ -72,6 +72,11 @@ def test_check_reports_libreswans_message_even_when_it_exits_0(tmp_path):
      ":5: node.gre.adress: unknown key"),
     ("node:\n  role: spoke\n  nbma: 198.51.100.2\n  gre:\n    address: 203.0.113.2\n  auth:\n"
      "    method: psk\n    psk: x\n", ":1: node.nhs: a spoke needs at least one hub"),
+    ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n"
+     "    cert: hub\n  lifetimes:\n    child: 60\n    rekey-margin: 60\n",
+     ":1: node.lifetimes.rekey-margin: 60 s is not shorter than the child lifetime (60 s)"),
+    ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n"
+     "    cert: hub\n  lifetimes:\n    ike: 1h\n", ":9: node.lifetimes.ike: '1h' is not a whole"),
 ])
 def test_bad_node_yaml_gives_file_line_errors(tmp_path, text, expected):
     f = tmp_path / "node.yaml"
@@ -89,6 +94,18 @@ def test_values_that_cannot_be_written_safely_are_refused(tmp_path):
     assert r.returncode == 1 and "cannot be written into ipsec.conf safely" in r.stderr
     with pytest.raises(RenderError):
         render_peers("/etc/ipsec conf", [])
+
+
+def test_lifetimes_are_rendered_only_when_set(tmp_path):
+    base = (SAMPLES / "hub.yaml").read_text()
+    assert "lifetime" not in render_ipsec(load_config(SAMPLES / "hub.yaml"))
+    f = tmp_path / "hub.yaml"
+    f.write_text(base.replace("  liveness:", "  lifetimes:\n    ike: 150\n    child: 60\n"
+                                            "    rekey-margin: 20\n  liveness:"))
+    text = render_ipsec(load_config(f))
+    assert "\tikelifetime=150s\n\tsalifetime=60s\n\trekeymargin=20s\n" in text
+    if shutil.which("ipsec"):
+        assert check_ipsec(text, "dmvpn") == []
 
 
 def test_dn_values_are_quoted():
@@ -133,6 +150,16 @@ def test_templates_are_found_after_pip_install(tmp_path):
     loc = subprocess.run([str(py), "-c", "import nhrpbridge; print(nhrpbridge.__file__)"],
                          capture_output=True, text=True, cwd=tmp_path).stdout
     assert str(ROOT) not in loc
+    # `nhrpbridge install` from the installed copy: its data files, its own command
+    dest = tmp_path / "dest"
+    out = subprocess.run([str(env_dir / "bin" / "nhrpbridge"), "install", "--destdir", str(dest)],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr
+    unit = (dest / "usr/local/lib/systemd/system/nhrpbridge.service").read_text()
+    assert f"ExecStart={env_dir}/bin/nhrpbridge serve" in unit
+    assert (dest / "usr/local/libexec/nhrpbridge/updown").read_bytes() == \
+        (ROOT / "hooks/nhrpbridge-updown").read_bytes()
 
 
 @pytest.mark.parametrize("major, keyword, absent", [(4, "\tikev2=insist\n", "keyexchange"),

@@ -98,6 +98,15 @@ class FileFollower:
         self.partial = b""
         return fd
 
+    def lag(self) -> int | None:
+        """Bytes written to the log and not read yet (metrics)."""
+        if self.fd is None:
+            return None
+        try:
+            return max(0, os.fstat(self.fd).st_size - self.offset)
+        except OSError:
+            return None
+
     def _close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
