@@ -19,6 +19,14 @@ Strategy:
   child of that conn and peer because pluto only unroutes a conn without SAs.
   An IKE SA we only *inferred* from a Child SA disappears with its last child;
   one the log reported lives until the log (or reconciliation) ends it.
+- Rule 4 (rekeys never flap): a rekeyed Child SA keeps its record (new serial and
+  SPIs, `rekeyed` stamped); the replaced SA's later deletion matches nothing. A
+  reconciliation racing a rekey may still list the replaced SA (it is in the kernel
+  until pluto deletes it) and not yet the new one: a child rekeyed within the grace is
+  spared like a new one. When both ends rekey one Child SA at once (a collision) the
+  second successor is a Child SA of its own until pluto deletes one of them; when both
+  rekey one IKE SA at once, the second serial is an alias of the same record, and the
+  deletion of either keeps the Child SAs (they move to the survivor in pluto too).
 - Unique ids are small stable integers, never reused (persisted counters), as
   nhrpd and VICI `terminate ike-id=` expect.
 """
@@ -214,9 +222,17 @@ class SaDatabase(SaTables):
             self._emit("ike-updated", ike_sa=updated)
 
     def _ike_down(self, down: IkeDown) -> None:
+        if self._ike_alias.pop(down.serial, None) is not None:
+            return                          # the collision's loser: the record lives on
         ike = self.ike_by_serial(down.serial)
-        if ike is not None:
-            self._drop_ike(ike)
+        if ike is None:
+            return
+        alias = next((a for a, uid in self._ike_alias.items() if uid == ike.uniqueid), None)
+        if alias is not None:               # the winner was the other end's rekey
+            del self._ike_alias[alias]
+            self._set_ike(ike, replace(ike, serial=alias))
+            return
+        self._drop_ike(ike)
 
     def _drop_ike(self, ike: IkeSa) -> None:
         """An IKE SA ends; in IKEv2 its Child SAs end with it."""
@@ -227,22 +243,42 @@ class SaDatabase(SaTables):
 
     def _ike_rekeyed(self, rk: IkeRekeyed) -> None:
         ike = self.ike_by_serial(rk.old_serial)
-        if ike is not None:
-            new = replace(ike, serial=rk.new_serial, rekeyed=self._now)
-            self._set_ike(ike, new)
-            self._emit("ike-rekeyed", ike_sa=new)
+        if ike is None:
+            uid = self._ike_replaced.get(rk.old_serial)
+            if uid in self.ike_sas and rk.new_serial != self.ike_sas[uid].serial:
+                self._ike_alias[rk.new_serial] = uid        # both ends rekeyed it at once
+            return
+        new = replace(ike, serial=rk.new_serial, rekeyed=self._now)
+        self._set_ike(ike, new)
+        self._remember(self._ike_replaced, rk.old_serial, ike.uniqueid)
+        self._emit("ike-rekeyed", ike_sa=new)
+
+    @staticmethod
+    def _remember(memo: dict[int, int], key: int, uid: int, limit: int = 4096) -> None:
+        memo[key] = uid
+        if len(memo) > limit:               # oldest first: only recent rekeys matter
+            del memo[next(iter(memo))]
 
     def _child_rekeyed(self, rk: ChildRekeyed) -> None:
-        child = self._match_child("", "", 0, 0, rk.old_serial)
-        if child is None:
-            return
         fill: dict[str, Any] = {"serial": rk.new_serial, "rekeyed": self._now}
         if rk.spi_in or rk.spi_out:
             fill.update(spi_in=rk.spi_in, spi_out=rk.spi_out)
         if rk.ike_serial is not None and (ike := self.ike_by_serial(rk.ike_serial)):
             fill["ike_uniqueid"] = ike.uniqueid
+        child = self._match_child("", "", 0, 0, rk.old_serial)
+        if child is None:
+            first = self.child_sas.get(self._replaced.get(rk.old_serial, -1))
+            if first is not None and rk.new_serial != first.serial \
+                    and self._match_child("", "", 0, 0, rk.new_serial) is None:
+                # both ends rekeyed it at once: a second successor, until pluto deletes one
+                twin = replace(first, uniqueid=self.next_child_id, installed=self._now, **fill)
+                self.next_child_id += 1
+                self._put_child(twin)
+                self._add_child_to_link(twin)
+            return
         new = replace(child, **fill)
         self._set_child(child, new)
+        self._remember(self._replaced, rk.old_serial, child.uniqueid)
         self._emit("child-rekeyed", child_sa=new, link=self.links.get(new.link_key),
                    ike_sa=self.ike_sas.get(new.ike_uniqueid))
 
@@ -264,7 +300,7 @@ class SaDatabase(SaTables):
             # spared only if reported within the grace period; an `installed` in the
             # future (the wall clock stepped back since) does not spare it for the step
             if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
-                    and not 0 <= self._now - c.installed < rc.grace:
+                    and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \

@@ -31,6 +31,11 @@ class SaTables:
     _child_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
     _ike_by_serial: dict[int, int] = field(default_factory=dict, repr=False)
     _ike_by_peer: dict[tuple[str, str], set[int]] = field(default_factory=dict, repr=False)
+    # rekeys (sadb.py): a replaced Child or IKE SA's serial -> the record that took its
+    # place; an IKE SA's second serial after both ends rekeyed it at once -> the record
+    _replaced: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_replaced: dict[int, int] = field(default_factory=dict, repr=False)
+    _ike_alias: dict[int, int] = field(default_factory=dict, repr=False)
     # persistence: each record's JSON is cached and rebuilt only when it changed, so a
     # checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop
     _json: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)

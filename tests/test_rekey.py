@@ -1,0 +1,121 @@
+"""Rekeys never flap a link: real 4.10 lines, a reconciliation racing them, collisions."""
+from pathlib import Path
+
+from nhrpbridge.loginterp import LogInterpreter
+from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
+from nhrpbridge.plutolog import parse_line
+from nhrpbridge.sa import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp, Reconcile
+from nhrpbridge.sadb import SaDatabase
+
+DATA = Path(__file__).parent / "data"
+HUB, SPOKE = "198.51.100.1", "198.51.100.12"
+CONN = "dmvpn-198-51-100-1"
+HUB_ID = "C=XX, O=DMVPN Lab, CN=hub.dmvpn.example"
+
+
+def feed(db, interp, line, now, events):
+    parsed = parse_line(line)
+    for change in interp.feed(parsed) if parsed else []:
+        events += db.apply(change, now)
+
+
+def kinds(events):
+    return [e.kind for e in events]
+
+
+def whack(children):
+    """--showstates/--trafficstatus as 4.10 prints them, for the given Child SAs
+    (serial, spi_in, spi_out) of IKE SA #1 (the lab's spoke2 to the hub)."""
+    ss = [f'000 #1: "{CONN}":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest; idle;']
+    ts = []
+    for serial, spi_in, spi_out in children:
+        ss.append(f'000 #{serial}: "{CONN}":500 STATE_V2_ESTABLISHED_CHILD_SA (established '
+                  f'Child SA); IKE SA #1; idle;')
+        ss.append(f'000 #{serial}: "{CONN}" esp.{spi_out:08x}@{HUB} esp.{spi_in:08x}@{SPOKE} '
+                  'Traffic: ESPin=0B ESPout=0B ESPmax=2^63B ')
+        ts.append(f'006 #{serial}: "{CONN}", type=ESP, add_time=1, inBytes=0, outBytes=0, '
+                  f"maxBytes=2^63B, id='{HUB_ID}'")
+    view = pluto_view(parse_showstates("\n".join(ss) + "\n"),
+                      parse_trafficstatus("\n".join(ts) + "\n"), {CONN: SPOKE})
+    return Reconcile(view.ike_sas, view.child_sas, grace=10.0)
+
+
+def test_a_reconciliation_racing_a_rekey_does_not_flap_the_link():
+    """The lab's flap (debian12, lifetimes 150/60/20): spoke2's log said #3 replaced #2,
+    a reconciliation 0.7 s later saw #2 but not yet #3, pluto deleted #2 a second later."""
+    lines = (DATA / "rekey-4.10-spoke2.log").read_text().splitlines()
+    db, interp, events = SaDatabase(), LogInterpreter(), []
+    for line in lines[:2]:                     # IKE SA #1, Child SA #2 established
+        feed(db, interp, line, 0.0, events)
+    assert kinds(events)[-2:] == ["child-up", "link-up"]
+    old = next(iter(db.child_sas.values()))
+    feed(db, interp, lines[2], 22.0, events)   # "#3: initiator rekeyed Child SA #2"
+    assert kinds(events)[-1] == "child-rekeyed"
+    new = next(iter(db.child_sas.values()))
+    assert (new.uniqueid, new.serial, f"{new.spi_in:08x}", new.rekeyed) == (
+        old.uniqueid, 3, "8eca7200", 22.0)
+    events += db.apply(whack([(2, old.spi_in, old.spi_out)]), 22.7)    # #2 only
+    for line in lines[3:]:                     # "#2: deleting established Child SA", traffic
+        feed(db, interp, line, 23.0, events)
+    assert "link-down" not in kinds(events)
+    (link,) = db.links.values()
+    assert link.up and [db.child_sas[c].serial for c in link.children] == [3]
+
+
+def test_without_the_log_a_rekey_is_a_reconciliation_and_no_flap():
+    """No log follower: pluto runs no updown for a rekey; the next reconciliation sees
+    the new Child SA and not the old one: added first, then removed, link up throughout."""
+    db = SaDatabase()
+    events = db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, "", HUB_ID, spi_in=0xa1,
+                              spi_out=0xb1, source="updown"), 0.0)
+    events += db.apply(whack([(3, 0xa2, 0xb2)]), 100.0)
+    assert kinds(events) == ["ike-up", "child-up", "link-up", "ike-updated", "child-up",
+                             "child-down"]
+    assert [c.spi_in for c in db.child_sas.values()] == [0xa2]
+
+
+def test_both_ends_rekeying_one_child_sa_at_once_keeps_the_link():
+    db = SaDatabase()
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0xa1, spi_out=0xb1, serial=2,
+                     ike_serial=1, source="log"), 0.0)
+    events = db.apply(ChildRekeyed(old_serial=2, new_serial=6, spi_in=0xa6, spi_out=0xb6), 40.0)
+    events += db.apply(ChildRekeyed(old_serial=2, new_serial=7, spi_in=0xa7, spi_out=0xb7), 40.0)
+    (link,) = db.links.values()
+    assert sorted(db.child_sas[c].serial for c in link.children) == [6, 7]
+    events += db.apply(ChildDown(CONN, "dmvpn", "", HUB, serial=6), 41.0)    # the loser
+    events += db.apply(ChildDown(CONN, "dmvpn", "", HUB, serial=2), 41.0)    # the replaced
+    assert kinds(events) == ["child-rekeyed", "child-up", "child-down"]
+    (link,) = db.links.values()
+    assert [db.child_sas[c].spi_in for c in link.children] == [0xa7]
+    # the same rekey line twice (hook and log, or a replay) adds nothing
+    assert db.apply(ChildRekeyed(old_serial=2, new_serial=7), 42.0) == []
+
+
+def test_both_ends_rekeying_the_ike_sa_at_once_keeps_its_child_sas():
+    db = SaDatabase()
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0xa1, spi_out=0xb1, serial=2,
+                     ike_serial=1, source="log"), 0.0)
+    events = db.apply(IkeRekeyed(old_serial=1, new_serial=4), 130.0)
+    events += db.apply(IkeRekeyed(old_serial=1, new_serial=5), 130.0)
+    events += db.apply(IkeDown(4), 131.0)      # pluto keeps #5, deletes #4
+    assert kinds(events) == ["ike-rekeyed"]
+    (ike,) = db.ike_sas.values()
+    assert ike.serial == 5 and len(db.child_sas) == 1
+    events += db.apply(IkeDown(1), 131.0)      # the replaced one: long gone from our tables
+    assert kinds(events) == ["ike-rekeyed"]
+    events += db.apply(IkeDown(5), 200.0)      # the survivor ends: so do its Child SAs
+    assert kinds(events)[-3:] == ["child-down", "link-down", "ike-down"]
+
+
+def test_the_alias_can_be_the_one_pluto_deletes_last():
+    db = SaDatabase()
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0xa1, spi_out=0xb1, serial=2,
+                     ike_serial=1, source="log"), 0.0)
+    db.apply(IkeRekeyed(old_serial=1, new_serial=4), 130.0)
+    db.apply(IkeRekeyed(old_serial=1, new_serial=5), 130.0)
+    assert db.apply(IkeDown(5), 131.0) == []   # the other end's successor lost
+    (ike,) = db.ike_sas.values()
+    assert ike.serial == 4 and db.links
