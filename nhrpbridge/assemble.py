@@ -68,6 +68,7 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
     authorizer.load_local_cert()
     daemon.reconfigure.append(authorizer.reconfigure)
     daemon.reconfigure.append(_set_log_level)
+    daemon.reconfigure.append(lambda c: setattr(daemon.db, "hold", c.replace_hold))
 
     controller = revocation = None
     if options.pluto:

@@ -91,6 +91,7 @@ class Config:
     initiate_timeout: float = 30.0
     initiate_retry: float = 60.0
     per_peer_idle: float = 300.0
+    replace_hold: float = 5.0             # s a link's last Child SA's end waits (sadb.py)
     libreswan_version: str = "auto"
     vici_socket: str = ""
     vici_mode: int = 0o660
@@ -133,6 +134,7 @@ SPEC: dict[str, dict[str, tuple[str, Callable[[yaml.Node], Any]]]] = {
               "initiate-timeout": ("initiate_timeout", F.number),
               "initiate-retry": ("initiate_retry", F.number),
               "per-peer-idle": ("per_peer_idle", F.number),
+              "replace-hold": ("replace_hold", F.number),
               "version": ("libreswan_version", F.choice("auto", "4", "5")),
               "nss-dir": ("nss_dir", F.path)},
     "vici": {"socket": ("vici_socket", F.socket_path), "mode": ("vici_mode", F.mode),

@@ -33,7 +33,7 @@ from .listen import Listeners, raise_fd_limit
 from .loginterp import LogInterpreter
 from .plutolog import Notice, parse_line
 from .reload import reload_config
-from .sa import Event
+from .sa import Event, Release
 from .sadb import SaDatabase
 from .spool import Spool, StateFile
 from .systemd import listen_fds, sd_notify
@@ -52,7 +52,7 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock
         self.monotonic = monotonic               # ages and grace periods (never the wall clock)
-        self.db = SaDatabase()                   # restored in place by load_state
+        self.db = SaDatabase(hold=cfg.replace_hold)  # restored in place by load_state
         self.bus = Bus()
         self.listen: Listen = Listeners()
         self.spool = Spool(cfg.spool_dir)
@@ -190,6 +190,8 @@ class Daemon:
             self._wake.clear()
             try:
                 self.ingest_once(full=polled, limit=BATCH)
+                if self.db.held:            # ends of last Child SAs nothing replaced
+                    self.apply(Release())
             except Exception:     # a bug must not stop ingestion for good
                 log.exception("ingesting the spool failed; retrying")
                 await asyncio.sleep(1)

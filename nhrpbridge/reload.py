@@ -26,6 +26,7 @@ RELOADABLE = frozenset({
     "log_level", "connections", "node", "cert_store", "nss_dir", "reconcile_interval",
     "whack_timeout", "initiate_timeout", "initiate_retry", "per_peer_idle",
     "libreswan_version", "control_groups", "recover_registrations", "crl_dir",
+    "replace_hold",
 })
 _NAMES = {attr: f"{section + '.' if section else ''}{key}"
           for section, keys in SPEC.items() for key, (attr, _) in keys.items()}

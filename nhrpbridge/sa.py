@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ChildDown", "ChildRekeyed", "ChildSa", "ChildUp", "Event", "IkeDown", "IkeRekeyed",
-    "IkeSa", "IkeUp", "Link", "LinkKey", "Reconcile", "Unroute",
+    "IkeSa", "IkeUp", "Link", "LinkKey", "Reconcile", "Release", "Unroute",
 ]
 
 LinkKey = tuple[str, str, str, str]  # connection, local-host, remote-host, remote-id
@@ -66,6 +66,7 @@ class ChildSa:
     installed: float = 0.0
     source: str = ""
     rekeyed: float = 0.0             # when pluto last rekeyed it (0: never)
+    held: float = 0.0                # its end reported while the last of its link (sadb.py)
 
     @property
     def link_key(self) -> LinkKey:
@@ -122,6 +123,11 @@ class ChildUp:
     source: str = ""
     serial: int | None = None
     ike_serial: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Time passed: Child SAs held at their link's end longer than HOLD really end now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,15 @@ Strategy:
   spared like a new one. When both ends rekey one Child SA at once (a collision) the
   second successor is a Child SA of its own until pluto deletes one of them; when both
   rekey one IKE SA at once, the second serial is an alias of the same record, and the
-  deletion of either keeps the Child SAs (they move to the survivor in pluto too).
+  deletion of either keeps the Child SAs (they move to the survivor in pluto too). A
+  replaced IKE SA lingers in pluto until deleted: whack listing it creates nothing, and
+  a Child SA whack lists under another IKE SA moves to it.
+- Rule 5 (replacement without a gap): pluto replaces an expiring Child SA by deleting
+  it and then negotiating a new one on the same IKE SA (4.10: 1.2 s apart in the lab);
+  nhrpd would see its VC at zero children in between and drop the registration. So the
+  end of a link's *last* Child SA is held (`held`, no event) for `hold` seconds
+  (`pluto.replace-hold`, 0 = off): a new Child SA on the link ends it at once with the
+  link still up; an unroute, the IKE SA's end or `Release` after `hold` end it for real.
 - Unique ids are small stable integers, never reused (persisted counters), as
   nhrpd and VICI `terminate ike-id=` expect.
 """
@@ -48,6 +56,7 @@ from .sa import (
     IkeUp,
     Link,
     Reconcile,
+    Release,
     Unroute,
 )
 from .satables import SaTables
@@ -86,6 +95,9 @@ class SaDatabase(SaTables):
                    ike_sa=self.ike_sas.get(child.ike_uniqueid))
         if not was_up:
             self._emit("link-up", link=link)
+        for uid in link.children:               # rule 5: the replacement came
+            if uid in self.held:
+                self._remove_child(self.child_sas[uid])
 
     def _remove_child(self, child: ChildSa, cascade: bool = True) -> None:
         """Drop a child; with `cascade`, an inferred IKE SA left empty goes too."""
@@ -169,6 +181,9 @@ class SaDatabase(SaTables):
         if found is not None:
             fill = {k: getattr(up, k) for k in ("serial", "reqid", "local_ts", "remote_ts")
                     if getattr(up, k) and not getattr(found, k)}
+            parent = self.ike_by_serial(up.ike_serial) if up.ike_serial is not None else None
+            if parent is not None and parent.uniqueid != found.ike_uniqueid:
+                fill["ike_uniqueid"] = parent.uniqueid      # moved by an IKE SA rekey
             if fill:
                 self._set_child(found, replace(found, **fill))
             return
@@ -188,8 +203,18 @@ class SaDatabase(SaTables):
     def _child_down(self, down: ChildDown) -> None:
         found = self._match_child(down.local_host, down.remote_host, down.spi_in,
                                   down.spi_out, down.serial)
-        if found is not None:
-            self._remove_child(found)
+        if found is None or found.held:
+            return
+        link = self.links.get(found.link_key)
+        if link is not None and link.children == (found.uniqueid,) and self.hold > 0:
+            self._set_child(found, replace(found, held=self._now))    # rule 5: no event yet
+            return
+        self._remove_child(found)
+
+    def _release(self, _rel: Release) -> None:
+        for uid, since in list(self.held.items()):
+            if self._now - since >= self.hold or self._now < since:
+                self._remove_child(self.child_sas[uid])
 
     def _unroute(self, un: Unroute) -> None:
         kids = [c for ike in self._ikes_of_peer(un.connection, un.remote_host)
@@ -207,6 +232,8 @@ class SaDatabase(SaTables):
             if getattr(up, k):
                 values[k] = getattr(up, k)
         existing = self.ike_by_serial(up.serial)
+        if existing is None and self._ike_replaced.get(up.serial) in self.ike_sas:
+            return      # rule 4: a rekeyed IKE SA lingers in pluto until it is deleted
         if existing is None:
             # adopt an IKE SA we inferred from a Child SA of the same peer
             for ike in self._ikes_of_peer(up.connection, up.remote_host):
@@ -300,6 +327,7 @@ class SaDatabase(SaTables):
             # spared only if reported within the grace period; an `installed` in the
             # future (the wall clock stepped back since) does not spare it for the step
             if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
+                    and c.uniqueid not in self.held \
                     and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):
@@ -311,7 +339,8 @@ class SaDatabase(SaTables):
         """Become `from_state(state)` (or empty) in place: front-ends hold this object."""
         fresh = SaDatabase.from_state(state) if state is not None else SaDatabase()
         for f in fields(self):
-            setattr(self, f.name, getattr(fresh, f.name))
+            if f.name != "hold":                # configuration, not state
+                setattr(self, f.name, getattr(fresh, f.name))
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SaDatabase:
@@ -335,5 +364,6 @@ _HANDLERS: dict[type, Callable[[SaDatabase, Any], None]] = {
     ChildUp: SaDatabase._child_up, ChildDown: SaDatabase._child_down,
     Unroute: SaDatabase._unroute, IkeUp: SaDatabase._ike_up, IkeDown: SaDatabase._ike_down,
     IkeRekeyed: SaDatabase._ike_rekeyed, ChildRekeyed: SaDatabase._child_rekeyed,
+    Release: SaDatabase._release,
     Reconcile: SaDatabase._reconcile,
 }

@@ -36,6 +36,8 @@ class SaTables:
     _replaced: dict[int, int] = field(default_factory=dict, repr=False)
     _ike_replaced: dict[int, int] = field(default_factory=dict, repr=False)
     _ike_alias: dict[int, int] = field(default_factory=dict, repr=False)
+    held: dict[int, float] = field(default_factory=dict, repr=False)   # uid -> held since
+    hold: float = 5.0        # s a link's last Child SA's end waits for its replacement (sadb)
     # persistence: each record's JSON is cached and rebuilt only when it changed, so a
     # checkpoint of 20,000 SAs is a string join, not 0.6 s of the event loop
     _json: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
@@ -51,6 +53,8 @@ class SaTables:
             self._child_by_spi[(c.remote_host, c.spi_in, c.spi_out)] = c.uniqueid
         if c.serial is not None:
             self._child_by_serial[c.serial] = c.uniqueid
+        if c.held:
+            self.held[c.uniqueid] = c.held
 
     def _del_child(self, c: ChildSa) -> None:
         del self.child_sas[c.uniqueid]
@@ -65,6 +69,7 @@ class SaTables:
             del self._child_by_spi[key]
         if c.serial is not None and self._child_by_serial.get(c.serial) == c.uniqueid:
             del self._child_by_serial[c.serial]
+        self.held.pop(c.uniqueid, None)
 
     def _set_child(self, old: ChildSa, new: ChildSa) -> None:
         self._del_child(old)

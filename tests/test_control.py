@@ -48,6 +48,7 @@ class RecordingWhack:
 
 
 def make(tmp_path, runner, shortcut_yield=3.0, keep_first=2.0, **cfg):
+    cfg.setdefault("replace_hold", 0.0)      # a link's last down ends it at once here
     c = replace(Config.for_state_dir(tmp_path / "s"), initiate_timeout=2.0, **cfg)
     d = Daemon(c)
     d.load_state()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def test_records_written_while_daemon_stopped_are_applied_once(daemon):
 
 
 def _inproc(state_dir):
-    d = Daemon(Config.for_state_dir(state_dir))
+    # replace-hold 0: these count the events of up/down/up sequences, each down at once
+    d = Daemon(replace(Config.for_state_dir(state_dir), replace_hold=0.0))
     d.load_state()
     return d
 
@@ -117,6 +119,9 @@ def test_kill9_during_a_storm_then_restart_state_equals_applied_records(daemon):
         recs += [up_env(peer=p, spi_in=hex(i + 1)), up_env(peer=p, spi_in=hex(i + 1), verb="down-host"),
                  up_env(peer=p, spi_in=hex(i + 10000))]
     random.seed(7)
+    cfg = daemon.state_dir.parent / "hold0.yaml"       # each down at once: 9 events per peer
+    cfg.write_text("pluto:\n  replace-hold: 0\n")
+    daemon.extra += ["-c", str(cfg)]
     daemon.start()
     written = 0
     for chunk in range(6):
@@ -248,9 +253,12 @@ def test_subscriber_that_never_reads_is_dropped_others_keep_up(daemon):
     fast.send({"op": "subscribe", "id": 1})
     n = 3000
     got = []
+    synced = threading.Event()
 
     def reader():
         for msg in fast.messages():
+            if msg["type"] == "synced":
+                synced.set()
             if msg["type"] != "reply" and "seq" in msg and msg["type"] != "synced":
                 got.append(msg["seq"])
                 if msg["seq"] >= 3 * n:
@@ -258,6 +266,7 @@ def test_subscriber_that_never_reads_is_dropped_others_keep_up(daemon):
 
     t = threading.Thread(target=reader)
     t.start()
+    assert synced.wait(30)         # subscribed before the first record: every seq is pushed
     # long IDs make each event big, so the slow client's backlog passes 8 MiB quickly
     big = "CN=" + "x" * 1800
     for i in range(n):
@@ -340,7 +349,7 @@ def test_cli_status_json_and_events(daemon):
 def test_record_being_written_is_waited_for_in_order(sockdir):
     state = sockdir / "s"
     now = [time.time()]
-    d = Daemon(Config.for_state_dir(state), clock=lambda: now[0])
+    d = Daemon(replace(Config.for_state_dir(state), replace_hold=0.0), clock=lambda: now[0])
     d.load_state()
     name = write_record(d.spool.path, 1, up_env())
     path = d.spool.path / name

@@ -69,7 +69,7 @@ def _hook(verb, spi_in, spi_out, peer="203.0.113.9"):
 
 def test_nat_t_child_from_log_and_hook_is_one_child():
     """Hook says SPI_IN=out, SPI_OUT=in (pluto's swap); the log says =>out <in."""
-    db = SaDatabase()
+    db = SaDatabase(hold=0)        # rule 5 (hold) off: downs end at once here
     it = LogInterpreter()
     log = [
         "\"dmvpn\"[2] 203.0.113.9 #1: responder established IKE SA; authenticated peer certificate "

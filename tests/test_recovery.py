@@ -41,7 +41,7 @@ def up(db, peer, spi):
 
 
 def make(grace=0.05, event_socket=True, event_wait=5.0, fail=frozenset()):
-    db, control, state, touched = SaDatabase(), TerminateStandIn(fail), {}, []
+    db, control, state, touched = SaDatabase(hold=0), TerminateStandIn(fail), {}, []
     rec = Recovery(db, control, state, lambda: touched.append(1), grace, event_socket,
                    event_wait=event_wait)
     return db, control, state, touched, rec

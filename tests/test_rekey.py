@@ -4,7 +4,17 @@ from pathlib import Path
 from nhrpbridge.loginterp import LogInterpreter
 from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
 from nhrpbridge.plutolog import parse_line
-from nhrpbridge.sa import ChildDown, ChildRekeyed, ChildUp, IkeDown, IkeRekeyed, IkeUp, Reconcile
+from nhrpbridge.sa import (
+    ChildDown,
+    ChildRekeyed,
+    ChildUp,
+    IkeDown,
+    IkeRekeyed,
+    IkeUp,
+    Reconcile,
+    Release,
+    Unroute,
+)
 from nhrpbridge.sadb import SaDatabase
 
 DATA = Path(__file__).parent / "data"
@@ -119,3 +129,114 @@ def test_the_alias_can_be_the_one_pluto_deletes_last():
     assert db.apply(IkeDown(5), 131.0) == []   # the other end's successor lost
     (ike,) = db.ike_sas.values()
     assert ike.serial == 4 and db.links
+
+
+# ---- rule 5: pluto's replacement of an expired Child SA, a gap without a link-down
+
+def up(spi, conn=CONN):
+    return ChildUp(conn, "dmvpn", SPOKE, HUB, "", HUB_ID, spi_in=spi, spi_out=spi + 1,
+                   source="updown")
+
+
+def down(spi, conn=CONN):
+    return ChildDown(conn, "dmvpn", SPOKE, HUB, spi_in=spi, spi_out=spi + 1)
+
+
+def test_a_replacement_after_a_failed_rekey_does_not_flap_the_link():
+    """The lab (4.10, spoke2 without log follower): a rekey failed (the hub answered a
+    retransmit with TS_UNACCEPTABLE), so at expiry pluto deleted #5 (down-host) and only
+    then negotiated #9 (up-host 1.2 s later). nhrpd must not see the link at zero."""
+    db = SaDatabase()                                  # the default hold: 5 s
+    events = db.apply(up(0x10), 0.0)
+    events += db.apply(down(0x10), 81.8)
+    assert kinds(events) == ["ike-up", "child-up", "link-up"]       # held: no event yet
+    events += db.apply(Reconcile((), (), grace=10.0), 82.0)         # pluto lists neither
+    events += db.apply(up(0x20), 83.0)
+    assert kinds(events)[3:] == ["child-up", "child-down"]          # link up throughout
+    (link,) = db.links.values()
+    assert [db.child_sas[c].spi_in for c in link.children] == [0x20] and not db.held
+
+
+def test_without_a_replacement_the_held_end_comes_after_the_hold():
+    db = SaDatabase(hold=5.0)
+    db.apply(up(0x10), 0.0)
+    assert db.apply(down(0x10), 10.0) == [] and db.apply(Release(), 14.9) == []
+    assert kinds(db.apply(Release(), 15.0)) == ["child-down", "link-down", "ike-down"]
+    assert not db.links and not db.held
+
+
+def test_an_unroute_or_the_ike_sas_end_ends_a_held_child_at_once():
+    db = SaDatabase()
+    db.apply(up(0x10), 0.0)
+    db.apply(down(0x10), 10.0)
+    assert kinds(db.apply(Unroute(CONN, "dmvpn", SPOKE, HUB), 10.1)) == [
+        "child-down", "link-down", "ike-down"]
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 20.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x30, spi_out=0x31, serial=2,
+                     ike_serial=1, source="log"), 20.0)
+    db.apply(ChildDown(CONN, "dmvpn", "", HUB, serial=2), 30.0)
+    assert kinds(db.apply(IkeDown(1), 30.5)) == ["child-down", "link-down", "ike-down"]
+
+
+def test_a_held_child_survives_a_restart_and_is_released_after_it():
+    db = SaDatabase()
+    db.apply(up(0x10), 0.0)
+    db.apply(down(0x10), 10.0)
+    again = SaDatabase.from_state(db.to_state())
+    assert again.held and kinds(again.apply(Release(), 16.0))[:2] == ["child-down", "link-down"]
+
+
+def test_the_daemon_releases_a_held_end(sockdir):
+    from dataclasses import replace as dc_replace
+
+    from conftest import run_hook, up_env, wait_until
+    from memory import MemoryDaemon
+
+    from nhrpbridge.config import Config
+    cfg = dc_replace(Config.for_state_dir(sockdir / "state"), replace_hold=0.2)
+    d = MemoryDaemon(cfg).start()
+    try:
+        spool = d.state_dir / "spool"
+        run_hook(up_env(), spool, "--no-chain")
+        wait_until(lambda: d.daemon.db.links, what="link up")
+        run_hook(up_env(verb="down-host"), spool, "--no-chain")
+        wait_until(lambda: not d.daemon.db.links, timeout=10, what="link down after the hold")
+        assert "link-down seq=" in d.log_text()
+    finally:
+        d.stop()
+
+
+def test_a_rekeyed_ike_sa_that_lingers_in_pluto_creates_no_second_record():
+    """The lab (4.10 hub): '#33: responder rekeyed IKE SA #17', and 5 s later whack still
+    listed #17 (deleted later) with a Child SA #31 under it: nhrpbridge had created a new
+    IKE SA for #17 that nothing ever removed ([17 33] against whack's [33])."""
+    db = SaDatabase()
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=17, local_host=SPOKE), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x31, spi_out=0x32, serial=31,
+                     ike_serial=17, source="log"), 0.0)
+    db.apply(IkeRekeyed(old_serial=17, new_serial=33), 10.0)
+    view = Reconcile((IkeUp(CONN, "dmvpn", HUB, serial=17, local_host=SPOKE),
+                      IkeUp(CONN, "dmvpn", HUB, serial=33, local_host=SPOKE)),
+                     (ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x31, spi_out=0x32, serial=31,
+                              ike_serial=17, source="whack"),), grace=10.0)
+    assert kinds(db.apply(view, 15.0)) == []
+    view = Reconcile((IkeUp(CONN, "dmvpn", HUB, serial=33, local_host=SPOKE),),
+                     (ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x31, spi_out=0x32, serial=31,
+                              ike_serial=33, source="whack"),), grace=10.0)
+    db.apply(view, 40.0)
+    db.apply(IkeDown(17), 41.0)                 # the replaced one deleted: nothing of ours
+    assert [i.serial for i in db.ike_sas.values()] == [33] and len(db.child_sas) == 1
+
+
+def test_a_child_sa_listed_under_another_ike_sa_moves_to_it():
+    db = SaDatabase()
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 0.0)
+    db.apply(IkeUp(CONN, "dmvpn", HUB, serial=4, local_host=SPOKE), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x31, spi_out=0x32, serial=5,
+                     ike_serial=1, source="log"), 0.0)
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, spi_in=0x31, spi_out=0x32, serial=5,
+                     ike_serial=4, source="whack"), 5.0)
+    (child,) = db.child_sas.values()
+    assert db.ike_sas[child.ike_uniqueid].serial == 4
+    assert kinds(db.apply(IkeDown(1), 6.0)) == ["ike-down"]    # its Child SA is not taken
+    assert db.links

@@ -27,7 +27,7 @@ def kinds(events):
 
 
 def test_two_children_on_one_link_one_goes_down_no_link_down():
-    db = SaDatabase()
+    db = SaDatabase(hold=0)   # rule 5 (hold) off: this is rule 2
     assert kinds(db.apply(up(1), 1)) == ["ike-up", "child-up", "link-up"]
     assert kinds(db.apply(up(2), 2)) == ["child-up"]
     assert kinds(db.apply(down(1), 3)) == ["child-down"]
@@ -38,7 +38,7 @@ def test_two_children_on_one_link_one_goes_down_no_link_down():
 
 
 def test_same_child_reported_twice_emits_once():
-    db = SaDatabase()
+    db = SaDatabase(hold=0)   # rule 5 (hold) off: this is rule 2
     db.apply(up(1), 1)
     assert db.apply(up(1), 2) == []
     assert db.apply(down(1), 3) and db.apply(down(1), 4) == []
@@ -60,7 +60,7 @@ def test_unroute_removes_children_updown_never_reported_down():
 
 
 def test_peers_behind_one_nat_address_are_separate_links():
-    db = SaDatabase()
+    db = SaDatabase(hold=0)   # rule 5 (hold) off: this is rule 2
     db.apply(up(1, rid="CN=spoke-a"), 1)
     db.apply(up(2, rid="CN=spoke-b"), 1)
     assert len(db.links) == 2
