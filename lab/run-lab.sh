@@ -13,7 +13,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-REPEAT=1; KEEP=0; TMO=900; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
+REPEAT=1; KEEP=0; TMO=1200; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
 LIFETIMES=150:60:20      # IKE:CHILD:MARGIN s: every SA rekeys during the run (scenario rekey)
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -79,7 +79,11 @@ class Daemon:
 
     def apply(self, change: Any, when: float | None = None) -> list[Event]:
         """Apply one change from any source, publish, and mark state dirty."""
+        held = len(self.db.held)
         events = self.db.apply(change, self.clock() if when is None else when)
+        if len(self.db.held) > held and (c := self.db.child_sas.get(next(reversed(self.db.held)))):
+            log.info("last Child SA of %s %s -> %s ended: %g s for its replacement before "
+                     "link-down", c.connection, c.local_host, c.remote_host, self.db.hold)
         if events:
             self._dirty = True
             self.bus.publish(events)

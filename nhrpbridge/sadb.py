@@ -298,7 +298,8 @@ class SaDatabase(SaTables):
             if first is not None and rk.new_serial != first.serial \
                     and self._match_child("", "", 0, 0, rk.new_serial) is None:
                 # both ends rekeyed it at once: a second successor, until pluto deletes one
-                twin = replace(first, uniqueid=self.next_child_id, installed=self._now, **fill)
+                twin = replace(first, uniqueid=self.next_child_id, installed=self._now, held=0.0,
+                               **fill)
                 self.next_child_id += 1
                 self._put_child(twin)
                 self._add_child_to_link(twin)
