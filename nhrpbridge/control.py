@@ -50,6 +50,7 @@ __all__ = ["TRANSIENT", "PlutoController"]
 log = logging.getLogger("nhrpbridge.pluto")
 SHORTCUT_YIELD = 3.0       # see _yield_to_peer
 KEEP_FIRST = 2.0           # a kept link that went down: first attempt after this
+REPLACE_FIRST = 0.5        # ... whose last Child SA ended (held): pluto may replace it at once
 RECONCILE_GRACE = 10.0     # see sadb.Reconcile: whack lags the updown hook
 
 
@@ -158,12 +159,13 @@ class PlutoController(Initiating):
     # ---- events from the daemon (we are a sink)
 
     def push_event(self, ev: Event) -> None:
-        if ev.kind not in ("link-up", "link-down") or ev.link is None:
+        # a child-up on a link that is up already: the replacement a waiter may wait for
+        if ev.kind not in ("link-up", "link-down", "child-up") or ev.link is None:
             return
         link = ev.link
         for pp in self.per_peer.of(link.connection, link.remote_host):
-            pp.down_since = None if ev.kind == "link-up" else self.clock()
-        if ev.kind != "link-up":
+            pp.down_since = None if ev.kind != "link-down" else self.clock()
+        if ev.kind == "link-down":
             self._keep_later(link.connection, link.remote_host)
             return
         for waiter in list(self.waiters):
@@ -173,7 +175,10 @@ class PlutoController(Initiating):
                 fut.set_result(link)
 
     def push_notice(self, msg: dict[str, Any]) -> None:
-        pass
+        """A kept link's last Child SA ended and nothing replaces it yet (the link is held,
+        not down: sadb rule 5): bring it back now rather than after the hold."""
+        if msg.get("kind") == "replace-wait" and msg.get("remote-host"):
+            self._keep_later(msg["connection"], msg["remote-host"], REPLACE_FIRST)
 
     # ---- links to the NHS: kept up while nhrpd wants them
 
@@ -193,16 +198,16 @@ class PlutoController(Initiating):
         self.state["wanted"] = [w for w in self.state.get("wanted", [])
                                 if not (w.split()[0] == conn and remote in (None, w.split()[1]))]
 
-    def _keep_later(self, conn: str, remote: str) -> None:
+    def _keep_later(self, conn: str, remote: str, first: float | None = None) -> None:
         if self.keeps(conn, remote) and (conn, remote) not in self._keepers:
-            task = asyncio.get_running_loop().create_task(self._keep(conn, remote))
+            task = asyncio.get_running_loop().create_task(self._keep(conn, remote, first))
             self._keepers[(conn, remote)] = task
             task.add_done_callback(lambda _t: self._keepers.pop((conn, remote), None))
 
-    async def _keep(self, conn: str, remote: str) -> None:
+    async def _keep(self, conn: str, remote: str, first: float | None = None) -> None:
         """Bring a kept link back: wait (pluto may revive it itself), initiate, wait
         longer, until it is up or released."""
-        delay = self.keep_first
+        delay = self.keep_first if first is None else first
         while True:
             await asyncio.sleep(delay)
             if not self.keeps(conn, remote) or self._link_up(conn, remote, None) is not None:

@@ -82,8 +82,8 @@ class Daemon:
         held = len(self.db.held)
         events = self.db.apply(change, self.clock() if when is None else when)
         if len(self.db.held) > held and (c := self.db.child_sas.get(next(reversed(self.db.held)))):
-            log.info("last Child SA of %s %s -> %s ended: %g s for its replacement before "
-                     "link-down", c.connection, c.local_host, c.remote_host, self.db.hold)
+            self.publish_notice(Notice("replace-wait", c.connection, c.remote_host, c.serial, (
+                f"the link's last Child SA ended: {self.db.hold:g} s for its replacement")))
         if events:
             self._dirty = True
             self.bus.publish(events)

@@ -95,7 +95,9 @@ class Initiating:
 
 
     def _link_up(self, conn: str, remote: str, local: str | None) -> Link | None:
-        links = [lk for lk in self.db.find_link(conn, remote, local) if lk.up]
+        held = self.db.held            # ended in pluto, waiting for a replacement (sadb)
+        links = [lk for lk in self.db.find_link(conn, remote, local)
+                 if any(c not in held for c in lk.children)]
         return links[0] if links else None
 
     async def initiate(self, conn: str, remote: str, local: str | None = None,

@@ -403,6 +403,34 @@ def test_link_to_an_nhs_is_kept_up_until_terminated(tmp_path):
     assert d.extra_state["wanted"] == []
 
 
+def test_a_kept_link_whose_last_child_sa_ended_is_initiated_within_the_hold(tmp_path):
+    """The lab (4.10): an IKE SA rekey took the spoke's only Child SA with it and pluto
+    started nothing for 10 s; the link is held (sadb rule 5), not down, so nhrpd asks
+    nothing: nhrpbridge initiates the kept link itself, and the new Child SA arrives
+    before the hold ends: no link-down at all."""
+    from nhrpbridge.config import NodeConfig
+    from nhrpbridge.sa import ChildDown
+    runner = RecordingWhack()
+    d, ctl = make(tmp_path, runner, replace_hold=5.0, node=NodeConfig(role="spoke", nhs=(R,)))
+    seen = []
+    d.bus.add_sink(type("Kinds", (), {"push_event": lambda self, ev: seen.append(ev.kind),
+                                      "push_notice": lambda self, msg: None})())
+
+    async def scenario():
+        await ctl.initiate("dmvpn", R, wait=False)
+        d.apply(child_up(conn="dmvpn-198-51-100-12"))
+        (c,) = d.db.child_sas.values()
+        d.apply(ChildDown(c.conn_name, c.connection, c.local_host, c.remote_host, c.spi_in,
+                          c.spi_out))
+        assert d.db.held and ctl._link_up("dmvpn", R, None) is None
+        await until(lambda: len(runner.named("--initiate")) == 2, timeout=2.0,
+                    what="initiated within the hold")
+        d.apply(child_up(conn="dmvpn-198-51-100-12", spi=9))
+    asyncio.run(scenario())
+    assert "link-down" not in seen and seen[-2:] == ["child-up", "child-down"]
+    assert not d.db.held
+
+
 class GatedWhack(RecordingWhack):
     """RecordingWhack whose addconn and --initiate calls wait for `gate` (a pluto that
     takes its time), so what runs side by side can be counted."""

@@ -340,7 +340,9 @@ def test_cli_status_json_and_events(daemon):
     time.sleep(1.0)
     run_hook(up_env(verb="down-host"), spool, "--no-chain")
     lines = [json.loads(l) for l in ev.communicate(timeout=20)[0].splitlines()]
-    assert [l["type"] for l in lines][-3:] == ["synced", "child-down", "link-down"]
+    # the last Child SA's end waits pluto.replace-hold (5 s) for a replacement, said first
+    assert [l["type"] for l in lines][-4:] == ["synced", "notice", "child-down", "link-down"]
+    assert lines[-3]["kind"] == "replace-wait"
     out = subprocess.run(nb + ["status", "--socket", "/tmp/nonexistent.sock"],
                          capture_output=True, text=True, cwd=root)
     assert out.returncode == 3 and "no nhrpbridge daemon" in out.stderr

@@ -201,8 +201,9 @@ def test_the_daemon_releases_a_held_end(sockdir):
         wait_until(lambda: d.daemon.db.links, what="link up")
         run_hook(up_env(verb="down-host"), spool, "--no-chain")
         wait_until(lambda: not d.daemon.db.links, timeout=10, what="link down after the hold")
-        assert "last Child SA of dmvpn 198.51.100.1 -> 198.51.100.11 ended: 0.2 s for its " \
-            "replacement" in d.log_text() and "link-down seq=" in d.log_text()
+        assert "pluto replace-wait: dmvpn 198.51.100.11 #None: the link's last Child SA " \
+            "ended: 0.2 s for its replacement" in d.log_text()
+        assert "link-down seq=" in d.log_text()
     finally:
         d.stop()
 
