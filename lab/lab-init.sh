@@ -339,8 +339,12 @@ for n in sys.argv[2:]:
   else
     GONE="spoke1 not seen missing (back before the first look)"
   fi
+  # 120 s: the measured figure is reported; recovery normally takes 25-55 s here, but a
+  # guest pluto once stalled 17 s (no log line, whack --showstates unanswered) in the middle
+  # of it and spoke1 then waited for nhrpd's registration retry: 90 s. Without recovery the
+  # spokes would be back only after holdtime/3 = 2400 s.
   for s in 203.0.113.11 203.0.113.12; do
-    waitfor 60 hub_has $s || { R6=FAIL; W6="$W6 $s not registered again after nhrpbridge kill;"; }; done
+    waitfor 120 hub_has $s || { R6=FAIL; W6="$W6 $s not registered again after nhrpbridge kill;"; }; done
   TBACK=$(up); VCK1=$(grep -ac 'VICI: Connected' $LABOUT/hub/nhrpd.log)
   RC1=$(recoveries)
   REC1=$(grep 'registration recovery: nhrpd has a new VICI session' $LABOUT/hub/nhrpbridge.log | tail -1 | sed 's/.*session (it lost its registrations); //')
@@ -352,7 +356,7 @@ for n in sys.argv[2:]:
   kill $(cat /tmp/lab/hub/frr/nhrpd.pid); TN=$(up)
   echo "T hub-nhrpd-killed $TN"
   sleep 2
-  waitfor 60 hub_has 203.0.113.11 && waitfor 30 hub_has 203.0.113.12 || { R6=FAIL; W6="$W6 spokes not re-registered after nhrpd restart;"; }
+  waitfor 120 hub_has 203.0.113.11 && waitfor 60 hub_has 203.0.113.12 || { R6=FAIL; W6="$W6 spokes not re-registered after nhrpd restart;"; }
   TN1=$(up)
   RC2=$(recoveries)
   [ "$RC2" -gt "$RC1" ] || { R6=FAIL; W6="$W6 no registration recovery after the nhrpd restart;"; }
