@@ -233,7 +233,10 @@ class MetricsServer:
             pass
         finally:
             self.active -= 1
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            if writer.transport.is_closing():
+                writer.transport.abort()
+            else:
+                writer.close()
 
     def answer(self, head: bytes) -> tuple[str, bytes, str]:
         """(status, body, content type) for one request head. Pure but for the collector."""

@@ -94,22 +94,24 @@ def _row(nbma: str, conn: str | None, local: str | None, rid: str | None, up: bo
     }
 
 
+def _ago(v: Any) -> str:
+    return "-" if v is None else f"{int(v)}s"
+
+
 def format_peers(rows: list[dict[str, Any]], nhrpd_note: str = "") -> str:
     """The table `status --peers` prints."""
     head = ("NBMA", "GRE", "LINK", "IKE", "CHILD", "UP-FOR", "REKEY-AGO", "NHRP", "BINDING",
             "REMOTE-ID")
     out = [head]
     for r in rows:
-        def ago(v: Any) -> str:
-            return "-" if v is None else f"{int(v)}s"
         nhrp = r["nhrp-type"] or ("?" if nhrpd_note else "-")
         if r["nhrp-timer"]:
             nhrp += "+timer"
-        binding = f"{r['binding']}:{r['binding-code']} {ago(r['binding-age'])} ago" \
+        binding = f"{r['binding']}:{r['binding-code']} {_ago(r['binding-age'])} ago" \
             if r["binding"] else "-"
         out.append((r["nbma"], r["gre-address"] or "-", r["link"] or "-",
                     ",".join(f"#{s}" for s in r["ike-serials"]) or "-", str(r["children"]),
-                    ago(r["up-for"]), ago(r["rekey-ago"]), nhrp, binding, r["remote-id"] or "-"))
+                    _ago(r["up-for"]), _ago(r["rekey-ago"]), nhrp, binding, r["remote-id"] or "-"))
     widths = [max(len(str(row[i])) for row in out) for i in range(len(head))]
     text = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in out]
