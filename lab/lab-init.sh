@@ -586,5 +586,6 @@ with urllib.request.urlopen(req, timeout=10) as r:
   case "$RESULTS" in *=FAIL*) echo "LAB-RESULT: FAIL";; *) echo "LAB-RESULT: PASS";; esac
 }
 main 2>&1 | tee "$LABOUT/guest-console.log"
+sync     # hostfs pages reach the host before the power goes (sysrq 'o' does not sync)
 echo LAB-INIT-FINISHED
 poweroff -f 2>/dev/null; echo o > /proc/sysrq-trigger

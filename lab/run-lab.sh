@@ -152,6 +152,13 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
   grep -E '^FLAVOUR |^RENDER |checkconfig|^T |^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
   grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk -v f="$fl" '{print f, $2, $3}' | tr -d ':' >> "$SUMMARY" || true
   if grep -q 'LAB-RESULT: PASS' "$OUT/guest-console.log" 2>/dev/null; then RUN_OK=1; else RUN_OK=0; fi
+  # why a run failed, for the end of the output (CI shows only its tail)
+  if [ $RUN_OK = 0 ]; then
+    { grep -E '^SCENARIO [^ ]+ FAIL|^RENDER .*FAILED' "$OUT/guest-console.log" 2>/dev/null | cut -c1-600
+      grep -q '^LAB-RESULT' "$OUT/guest-console.log" 2>/dev/null ||
+        echo "no LAB-RESULT line (guest killed or stopped early); the console ends: $(tail -c 300 "$OUT/guest-console.log" 2>/dev/null | tr '\n' '|')"
+    } | sed "s/^/$fl run $2: /" >> "$FAILS"
+  fi
   echo "run $2 ($fl): $( [ $RUN_OK = 1 ] && echo PASS || echo FAIL ) in ${WALL}s (UML boot -> poweroff)"
   echo "$fl $WALL" >> "$WALLS"
   if [ $RUN_OK = 1 ] && [ $KEEP = 0 ]; then rm -rf "$OUT"; else echo "results kept in $OUT"; fi
@@ -159,8 +166,8 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
 
 declare -A ROOTS
 for fl in $FLAVOURS; do ROOTS[$fl]=$(bash "$HERE/mkroot.sh" "$fl"); done
-SUMMARY=$(mktemp); WALLS=$(mktemp)
-trap 'rm -f "$SUMMARY" "$WALLS"' EXIT
+SUMMARY=$(mktemp); WALLS=$(mktemp); FAILS=$(mktemp)
+trap 'rm -f "$SUMMARY" "$WALLS" "$FAILS"' EXIT
 START=$(date +%s)
 ALL_OK=1
 for fl in $FLAVOURS; do
@@ -178,4 +185,7 @@ for fl in $FLAVOURS; do
     printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
   done
 done
-[ $ALL_OK = 1 ]
+if [ $ALL_OK = 1 ]; then echo "==== lab: every run passed"; exit 0; fi
+echo "==== lab FAILED:"
+sed 's/^/  /' "$FAILS"
+exit 1

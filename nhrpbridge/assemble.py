@@ -103,7 +103,6 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
         from .recovery import Recovery
         recovery = Recovery(daemon.db, control, daemon.extra_state, daemon.touch,
                             cfg.recover_registrations, bool(cfg.event_socket))
-        daemon.bus.add_sink(recovery)
         daemon.reconfigure.append(lambda c: recovery.reconfigure(c.recover_registrations))
     if cfg.event_socket:
         from .eventsocket import NhrpEventServer

@@ -10,8 +10,11 @@ comes online.
 Strategy:
 - A registrant is a peer whose registration this node authorized as a hub does it
   (binding type `dynamic`, no NHS entry of its own: `num_nhs=0`); the set is kept in
-  state.json, so a crash does not forget it. A peer whose last link went down is no
-  longer one (it registers anyway when it comes back).
+  state.json, so a crash does not forget it, and it stays one when its link goes down
+  here: the link the hub saw die may not be the one the spoke uses (a duplicate IKE SA
+  timing out, seen in the lab), and the spoke then never registers again by itself.
+  A peer without a live link is simply not terminated; the set keeps the newest
+  MAX_REGISTRANTS peers.
 - nhrpd's new session is the moment a connection from nhrpd's user (or root) that was
   not handed over registers for `child-state-installed` (only nhrpd asks for it).
 - Once nhrpd is connected to the event socket too (or after EVENT_WAIT), and after
@@ -33,19 +36,19 @@ from typing import Any
 
 from .bus import Control
 from .errors import ControlError
-from .sa import Event
 from .sadb import SaDatabase
 
-__all__ = ["EVENT_WAIT", "PARALLEL", "Recovery"]
+__all__ = ["EVENT_WAIT", "MAX_REGISTRANTS", "PARALLEL", "Recovery"]
 
 log = logging.getLogger("nhrpbridge.recovery")
 EVENT_WAIT = 30.0       # nhrpd retries its event socket every 10 s; then go anyway
 PARALLEL = 8            # terminates at once (each is a few whack calls; a slow pluto
                         # took 10 s for one in the lab: one at a time adds them up)
+MAX_REGISTRANTS = 65536  # peers remembered (state.json stays bounded under NBMA churn)
 
 
 class Recovery:
-    """A Sink (link-down) plus the three facts the front-ends report."""
+    """The three facts the front-ends report, and the recovery they start."""
 
     def __init__(self, db: SaDatabase, control: Control, state: dict[str, Any],
                  touch: Callable[[], None], grace: float, event_socket: bool,
@@ -79,8 +82,12 @@ class Recovery:
         if block.get("type") != "dynamic" or block.get("num_nhs", "0") != "0" or not connection:
             return                          # (no connection: no link to terminate later)
         self.fresh.add(nbma)
-        if self.registrants().get(nbma) != connection:
-            self.registrants()[nbma] = connection
+        regs = self.registrants()
+        if regs.get(nbma) != connection:
+            regs.pop(nbma, None)
+            regs[nbma] = connection
+            while len(regs) > MAX_REGISTRANTS:
+                del regs[next(iter(regs))]          # the oldest
             self.touch()
 
     def event_socket(self, connected: bool) -> None:
@@ -100,19 +107,6 @@ class Recovery:
         if self.grace <= 0 or not self.registrants():
             return
         self._task = asyncio.get_running_loop().create_task(self._recover())
-
-    # ---- Sink
-
-    def push_event(self, ev: Event) -> None:
-        if ev.kind != "link-down" or ev.link is None:
-            return
-        nbma = ev.link.remote_host
-        if nbma in self.registrants() and not self._up(nbma):
-            del self.registrants()[nbma]
-            self.touch()
-
-    def push_notice(self, msg: dict[str, Any]) -> None:
-        pass
 
     # ---- the recovery
 

@@ -13,7 +13,7 @@ from nhrpbridge.config import Config
 from nhrpbridge.errors import ControlError
 from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
 from nhrpbridge.recovery import Recovery
-from nhrpbridge.sa import ChildDown, ChildUp
+from nhrpbridge.sa import ChildUp
 from nhrpbridge.sadb import SaDatabase
 
 HUB = "198.51.100.1"
@@ -120,14 +120,26 @@ def test_a_failed_terminate_is_logged_and_the_others_go_on(caplog):
     assert f"terminating dmvpn {S1} failed: whack failed for {S1}" in caplog.text
 
 
-def test_a_peer_whose_link_went_down_is_no_longer_a_registrant():
-    db, control, state, touched, rec = make()
-    up(db, S1, 0x100)
-    rec.registered(S1, "dmvpn", HUB_BLOCK)
-    for ev in db.apply(ChildDown("dmvpn", "dmvpn", HUB, S1, spi_in=0x100, spi_out=0x101
-                                 ), 1.0):
-        rec.push_event(ev)
-    assert state["registrants"] == {} and touched == [1, 1]
+def test_a_registrant_without_a_live_link_is_left_alone():
+    db, control, state, _, rec = make()
+
+    async def scenario():
+        up(db, S2, 0x200)
+        rec.registered(S1, "dmvpn", HUB_BLOCK)       # no link (any more)
+        rec.registered(S2, "dmvpn", HUB_BLOCK)
+        rec.event_socket(True)
+        rec.vici_session()
+        await until(lambda: rec._task.done(), what="recovery")
+    asyncio.run(scenario())
+    assert control.calls == [("dmvpn", S2, None)]
+
+
+def test_registrants_are_bounded_oldest_first(monkeypatch):
+    monkeypatch.setattr("nhrpbridge.recovery.MAX_REGISTRANTS", 2)
+    _, _, state, _, rec = make()
+    for peer in (S1, S2, S3):
+        rec.registered(peer, "dmvpn", HUB_BLOCK)
+    assert list(state["registrants"]) == [S2, S3]
 
 
 def test_grace_zero_turns_it_off():
@@ -180,6 +192,25 @@ def test_nhrpds_new_session_terminates_the_registered_spokes_link(hub):
         in text
     # --no-pluto here: the terminate itself is refused, and says why
     assert f"terminating dmvpn {S1} failed: no pluto adapter configured" in text
+    s.close()
+    ev.close()
+
+
+def test_a_spoke_whose_link_went_down_here_and_came_back_unregistered_is_terminated(hub):
+    # seen in the lab: the hub's duplicate IKE SA to spoke2 timed out (a link-down here),
+    # the spoke's own SA lived on and it never registered again by itself
+    ev = hub.connect(hub.cfg.event_socket)
+    ev.sendall(block(1, remote_nbma=S1))
+    assert replies(ev, 1)[0]["result"] == "accept"
+    run_hook(up_env(peer=S1, verb="down-host"), hub.state_dir / "spool", "--no-chain")
+    wait_until(lambda: "link-down seq=" in hub.log_text(), what="link-down")
+    run_hook(up_env(peer=S1, spi_in="0xb1", spi_out="0xb2"), hub.state_dir / "spool",
+             "--no-chain")
+    wait_until(lambda: hub.log_text().count("link-up seq=") == 2, what="link-up again")
+    s = nhrpd_vici(hub)
+    wait_until(lambda: "registration recovery done" in hub.log_text(), what="recovery")
+    assert "of 1 peers registered before, 0 registered again by themselves, 1 with live links" \
+        in hub.log_text()
     s.close()
     ev.close()
 
