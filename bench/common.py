@@ -98,6 +98,12 @@ class Daemon:
     def api(self) -> str:
         return str(self.state / "api.sock")
 
+    def cpu_s(self) -> tuple[float, float]:
+        """User and system CPU seconds the daemon used so far."""
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tck, int(fields[12]) / tck
+
     def rss_mb(self) -> float:
         for line in open(f"/proc/{self.proc.pid}/status"):
             if line.startswith("VmRSS:"):

@@ -81,6 +81,7 @@ def run(records: int = 30_000) -> None:
             spool = d.state / "spool"
             pid = os.getpid()
             start = time.perf_counter()
+            cpu0 = d.cpu_s()
             seq = 0
             for verb_round in ("up-host", "down-host", "up-host"):
                 for i in range(spokes):
@@ -106,6 +107,8 @@ def run(records: int = 30_000) -> None:
                     results.append({})
             subs, vici = results[:3], results[3]
             drain = max(r.get("t", start) for r in results) - start
+            (user0, sys0), (user1, sys1) = cpu0, d.cpu_s()
+            cpu = user1 - user0 + sys1 - sys0
             ok = all(r.get("count") == expected and r.get("bad") == 0 for r in subs)
             row(f"storm: {records:,} records written", f"{written:.2f} s",
                 f"{records / written:,.0f} rec/s")
@@ -114,6 +117,8 @@ def run(records: int = 30_000) -> None:
             row("storm: every subscriber saw every seq exactly once", "yes" if ok else "NO",
                 f"{[r.get('count') for r in subs]}", f"goal: all {expected:,}", ok)
             row("storm: VICI listener events", f"{vici.get('count', 0):,}", f"expected {spokes * 3:,}")
+            row("storm: daemon CPU time (user + system)", f"{cpu:.2f} s",
+                f"{cpu / records * 1e3:.3f} ms/record, system {sys1 - sys0:.2f} s")
             row("daemon RSS after the storm", f"{d.rss_mb():.0f} MB")
         finally:
             d.stop()

@@ -57,18 +57,23 @@ class ApiServer:
         self.allowed_gids = allowed_gids     # control ops: root, our uid, or these groups
         self.pool = pool
         self.connections: set[ApiConnection] = set()
-        self._recent: dict[int, tuple[Event, bytes]] = {}      # seq -> encoding
+        self._recent: tuple[list[Event] | None, list[bytes]] = (None, [])
+        self._notice: tuple[dict[str, Any] | None, bytes] = (None, b"")
         self.started = time.time()   # `hello` tells a restarted program from the old one
 
-    def encoded(self, ev: Event) -> bytes:
-        """One encoding per event, shared by every subscriber (the bus hands one
-        change's events to each sink in turn: the cache holds the last few)."""
-        hit = self._recent.get(ev.seq)
-        if hit is None or hit[0] is not ev:
-            if len(self._recent) >= 64:
-                self._recent.clear()
-            hit = self._recent[ev.seq] = (ev, jsonl.encode(event_dict(ev)))
-        return hit[1]
+    def encodings(self, events: list[Event]) -> list[bytes]:
+        """One encoding per event, shared by every subscriber: the bus hands the same
+        list (one change's events, thousands when held Child SAs are released at once)
+        to each sink in turn."""
+        if self._recent[0] is not events:
+            self._recent = (events, [jsonl.encode(event_dict(ev)) for ev in events])
+        return self._recent[1]
+
+    def encoded_notice(self, msg: dict[str, Any]) -> bytes:
+        """Like encodings(): the bus hands the same notice to each subscriber."""
+        if self._notice[0] is not msg:
+            self._notice = (msg, jsonl.encode(msg))
+        return self._notice[1]
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -94,7 +99,7 @@ class ApiServer:
     @staticmethod
     def _unsettled(c: ApiConnection) -> bool:
         """A request still running, or output not flushed yet."""
-        return not c.closed and bool(c.tasks or c.writer.transport.get_write_buffer_size())
+        return not c.closed and bool(c.tasks or c.backlog.buffered())
 
     async def settle(self, deadline: float) -> None:
         await settled(lambda: any(map(self._unsettled, list(self.connections))), deadline)
@@ -146,10 +151,8 @@ class ApiConnection:
         self.send_bytes(jsonl.encode(msg))
 
     def send_bytes(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.writer.transport.write(data)
-        self.backlog.wrote(len(data))
+        if not self.closed:
+            self.backlog.write(data)
 
     def _drop(self, why: str) -> None:
         log.warning("API client pid=%d uid=%d does not read (%s): dropped",
@@ -163,8 +166,10 @@ class ApiConnection:
         """The events of one change, in seq order, in one write (the bus prefers this)."""
         if self.subscribed is False:
             return
-        data = b"".join(self.server.encoded(ev) for ev in events
-                        if self.subscribed is None or connection_of(ev) == self.subscribed)
+        encs = self.server.encodings(events)
+        if self.subscribed is not None:
+            encs = [e for ev, e in zip(events, encs, strict=True) if connection_of(ev) == self.subscribed]
+        data = b"".join(encs)
         if data:
             self.send_bytes(data)
 
@@ -174,11 +179,13 @@ class ApiConnection:
             return
         if self.subscribed is not None and msg.get("connection") != self.subscribed:
             return
-        self.send(msg)
+        self.send_bytes(self.server.encoded_notice(msg))
 
     def close(self, abort: bool = False) -> None:
         if self.closed:
             return
+        if not abort:
+            self.backlog.flush()
         self.closed = True
         self.backlog.cancel()
         self.server.bus.remove_sink(self)

@@ -7,6 +7,10 @@ bytes pending, a client is dropped if the kernel took none of its data for STALL
 seconds; past HARD bytes it is dropped at once. Memory per client stays bounded
 and the daemon never waits for anybody.
 
+Writes are coalesced: what a client is sent during one pass of the loop (a batch of
+spool records in a storm: hundreds of events) goes to the transport as one write when
+the pass ends, not one send(2) per event.
+
 Across clients, POOL bytes pending in all of them together is the global bound: past
 it, a client that holds more than SOFT itself is dropped at once (many idle readers
 cannot add up to gigabytes). The same rule serves the API, VICI and nhrp event sockets.
@@ -59,6 +63,27 @@ class Backlog:
         self._last = 0
         self._progress = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []      # queued in this pass of the loop
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the client: they go out at the end of this loop pass."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        """Hand what is queued to the transport now (a close flushes first)."""
+        if not self._out:
+            return
+        data, self._out = b"".join(self._out), []
+        if self.transport.is_closing():
+            return
+        self.transport.write(data)
+        self.wrote(len(data))
+
+    def buffered(self) -> int:
+        """Bytes not yet taken by the kernel: queued here or in the transport."""
+        return self.transport.get_write_buffer_size() + sum(map(len, self._out))
 
     def _drop(self, reason: str) -> None:
         self.pool.drops += 1
@@ -103,6 +128,7 @@ class Backlog:
 
     def cancel(self) -> None:
         """The client is gone: its bytes no longer count."""
+        self._out = []
         self.pool.pending -= self._last
         self._last = 0
         if self._timer is not None:

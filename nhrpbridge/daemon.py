@@ -206,7 +206,8 @@ class Daemon:
 
     def _timed_checkpoint(self) -> None:
         self._checkpoint_timer = None
-        self.ingest_once(full=False)     # a full scan here held the loop (the p99 tail)
+        # no ingest here: the ingest loop applies in batches; an unlimited pass here held
+        # the loop for seconds in a storm (and a full scan was the latency's p99 tail)
         task = asyncio.get_running_loop().create_task(self.checkpoint_in_thread())
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)

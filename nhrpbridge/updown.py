@@ -14,6 +14,7 @@ Facts this relies on (libreswan 4.x and 5.x updown):
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from .errors import RecordError
 from .sa import ChildDown, ChildUp, Unroute
@@ -51,14 +52,24 @@ def _spi(env: dict[str, str], name: str) -> int:
     return spi
 
 
-def _addr(env: dict[str, str], name: str) -> str:
-    raw = env.get(name, "")
+@lru_cache(maxsize=65536)
+def _canonical(raw: str) -> str | None:
+    """The address in canonical form, None if it is not one (cached: a storm repeats
+    the same few addresses thousands of times)."""
+    if "%" in raw or len(raw) > 64:    # a scope id carries any text; pluto never sends one
+        return None
     try:
-        if "%" in raw:                 # a scope id carries any text; pluto never sends one
-            raise ValueError
         return str(ipaddress.ip_address(raw))
     except ValueError:
-        raise RecordError(f"{name}={raw[:64]!r} is not an IP address") from None
+        return None
+
+
+def _addr(env: dict[str, str], name: str) -> str:
+    raw = env.get(name, "")
+    addr = _canonical(raw)
+    if addr is None:
+        raise RecordError(f"{name}={raw[:64]!r} is not an IP address")
+    return addr
 
 
 MAX_TEXT = 4096        # IDs and selectors: pluto's own limit is far below; VICI's is 64 KiB

@@ -49,9 +49,7 @@ class ViciConnection:
     def send(self, packet: Packet | bytes) -> None:
         if self.closed:
             return
-        data = packet if isinstance(packet, bytes) else encode_packet(packet)
-        self.writer.transport.write(data)
-        self.backlog.wrote(len(data))
+        self.backlog.write(packet if isinstance(packet, bytes) else encode_packet(packet))
 
     def _drop(self, why: str) -> None:
         log.warning("VICI client pid=%d does not read (%s): dropped", self.cred.pid, why)
@@ -66,6 +64,8 @@ class ViciConnection:
     def close(self, abort: bool = False, handed_over: bool = False) -> None:
         if self.closed:
             return
+        if not abort:
+            self.backlog.flush()
         self.closed = True
         self.backlog.cancel()
         self.server.connections.discard(self)
@@ -115,7 +115,7 @@ class ViciConnection:
     async def _work(self) -> None:
         while True:
             batch = self._batch(await self.queue.get())
-            if self.protected and self.writer.transport.get_write_buffer_size() > SOFT:
+            if self.protected and self.backlog.buffered() > SOFT:
                 # behind (nhrpd busy): answer its next request once it caught up, so no
                 # dump piles on top; events still go out meanwhile
                 try:

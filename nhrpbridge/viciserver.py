@@ -128,7 +128,7 @@ class ViciServer:
     def _unsettled(c: ViciConnection) -> bool:
         """A request queued or being answered, or output not flushed yet."""
         return not c.closed and bool(c.working or not c.queue.empty()
-                                     or c.writer.transport.get_write_buffer_size())
+                                     or c.backlog.buffered())
 
     async def settle(self, deadline: float) -> None:
         await settled(lambda: any(map(self._unsettled, list(self.connections))), deadline)
@@ -245,7 +245,8 @@ class ViciServer:
                 break
             if n % STREAM_YIELD == STREAM_YIELD - 1:
                 await asyncio.sleep(0)
-            if conn.writer.transport.get_write_buffer_size() > STREAM_AHEAD:
+            if conn.backlog.buffered() > STREAM_AHEAD:
+                conn.backlog.flush()
                 try:
                     await conn.writer.drain()
                 except ConnectionError:

@@ -75,3 +75,29 @@ def test_protected_client_is_kept_behind_and_only_a_gigabyte_drops_it():
         b.wrote(1)
         assert len(dropped) == 2 and "protected" in dropped[1]
     asyncio.run(scenario())
+
+
+class RecordingTransport(StandInTransport):
+    """STAND-IN transport that records each write."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+
+
+def test_writes_of_one_loop_pass_go_out_as_one_in_order():
+    async def scenario():
+        t = RecordingTransport()
+        b = Backlog(t, lambda why: None, Pool())
+        for i in range(300):                   # one ingest pass: hundreds of events
+            b.write(b"%d\n" % i)
+        assert t.writes == [] and b.buffered() > 0
+        await asyncio.sleep(0)
+        assert t.writes == [b"".join(b"%d\n" % i for i in range(300))]
+        b.write(b"last\n")
+        b.flush()                              # a close flushes at once
+        assert t.writes[-1] == b"last\n" and b.buffered() == 0
+    asyncio.run(scenario())

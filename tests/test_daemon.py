@@ -377,3 +377,21 @@ def test_record_whose_writer_died_is_set_aside_after_grace(sockdir):
     assert d.ingest_once() == 1
     assert (d.spool.path / "bad" / name).exists()
     assert [l.remote_host for l in d.db.links.values()] == ["198.51.100.12"]
+
+
+def test_a_storm_beyond_one_pass_is_applied_in_arrival_order(sockdir):
+    # the watcher names files as they arrive; a pass applies at most `limit` and keeps
+    # the rest, in order, for the next one; a record named late with an older name
+    # (a slow hook) still goes before the newer ones
+    d = Daemon(replace(Config.for_state_dir(sockdir / "s"), replace_hold=0.0))
+    d.load_state()
+    names = [write_record(d.spool.path, i, up_env(peer=f"198.51.100.{i}"))
+             for i in range(2, 12)]
+    late = names.pop(5)
+    d.ingest.named.update(names)
+    assert d.ingest_once(full=False, limit=4) == 4
+    d.ingest.named.add(late)
+    assert d.ingest_once(full=False, limit=4) == 4
+    assert d.ingest_once(full=False, limit=4) == 2
+    got = [lk.remote_host for lk in d.db.links.values()]
+    assert got == [f"198.51.100.{i}" for i in range(2, 12)]

@@ -470,10 +470,10 @@ class _Collect:
         self.events = set(events)
         self.got = []
         self.writer = self                   # the dump asks how much waits in the socket
-        self.transport = self
+        self.backlog = self
 
     @staticmethod
-    def get_write_buffer_size():
+    def buffered():
         return 0
 
     def event(self, name, data):

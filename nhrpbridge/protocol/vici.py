@@ -114,6 +114,13 @@ def _encode_into(out: bytearray, tree: dict[str, Any]) -> None:
                 out += b"\x05"
                 out += _value(v)
             out += b"\x06"
+        elif t is str:                # the common case, inline (a storm encodes 30,000)
+            raw = value.encode("utf-8", "surrogateescape")
+            if len(raw) > 0xFFFF:
+                raise LocalProtocolError(f"VICI value of {len(raw)} bytes (65535 allowed)")
+            out += _prefix(3, key)
+            out += len(raw).to_bytes(2, "big")
+            out += raw
         else:
             out += _prefix(3, key)
             out += _value(value)
