@@ -45,7 +45,7 @@ mount -t devtmpfs dev /dev 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts 2>/dev/null; mount -t tmpfs tmpfs /dev/shm
 ip link set lo up
 NODES="hub spoke1 spoke2 spoke3"
-up() { cut -d' ' -f1 /proc/uptime; }
+up() { read -r u _ < /proc/uptime; echo "$u"; }   # builtins only: no process started
 vt() { ip netns exec lab$1 vtysh --vty_socket /tmp/lab/$1/frr -c "$2" 2>&1; }
 wk() { ipsec whack --rundir /tmp/lab/$1/run "$2"; }
 nblog() { cat "$LABOUT/$1/nhrpbridge.log" 2>/dev/null; }
@@ -53,10 +53,14 @@ RESULTS=""
 scenario() { # name verdict evidence
   echo "SCENARIO $1 $2: $3"; RESULTS="$RESULTS $1=$2"
 }
-waitfor() { # seconds command...: poll every 0.3 s until the deadline (guest uptime)
-  end=$(awk -v u="$(up)" -v t="$1" 'BEGIN{print u + t}'); shift
+waitfor() { # seconds command...: poll until the deadline (guest uptime), every 0.3 s for
+  # the first 3 s, then every second. The guest is one CPU for every node: a process start
+  # costs tens of ms there, and the earlier 0.3-s poll with awk per turn (six processes)
+  # took most of it (the guest ran 82% busy, a hub pluto waited 10 s for its updown hooks)
+  read -r w _ < /proc/uptime; end=$(( ${w%.*} + $1 )); k=0; shift
   until "$@" >/dev/null 2>&1; do
-    awk -v u="$(up)" -v e="$end" 'BEGIN{exit !(u > e)}' && return 1; sleep 0.3
+    read -r w _ < /proc/uptime; [ "${w%.*}" -ge "$end" ] && return 1
+    k=$((k + 1)); if [ $k -le 10 ]; then sleep 0.3; else sleep 1; fi
   done; return 0
 }
 ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; esac; }
@@ -570,6 +574,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
   scenario metrics $R13 "hub /metrics scraped (OpenMetrics): bindings accepted $ma (hub log since this process started: $a0..$a1), rejected as revoked $mr (log: $r0..$r1), IKE SAs terminated for revocation $mt (log: $t0..$t1); $(grep '^nhrpbridge_links{' $LABOUT/hub/metrics.txt | tr '\n' ' ');$W13"
 
   # ---- shut down --------------------------------------------------------------------
+  # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run
+  ps -eo pid,time,etime,args --sort=-time | cut -c1-170 | head -30 > $LABOUT/ps-cpu.txt
+  awk -v up="$(up)" '$1 == "cpu" {printf "GUEST-CPU over %.0f s: user %.0f s, system %.0f s, idle %.0f s\n", up, $2/100, $4/100, $5/100}' /proc/stat | tee -a $LABOUT/ps-cpu.txt
   kill $TD 2>/dev/null; wait $TD 2>/dev/null
   for n in $NODES; do touch /tmp/lab/$n/norespawn /tmp/lab/$n/norespawn-pluto; done
   for n in $NODES; do
