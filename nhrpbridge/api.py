@@ -27,12 +27,13 @@ from .authorize import Authorizer
 from .backlog import Backlog, Pool
 from .bus import Bus, Control, Listen
 from .errors import ControlError, ErrorCode, RemoteProtocolError
+from .eventjson import EventEncoder
 from .handover import Passed, inheritable_dup, pause_reading, settled, unread
 from .protocol import jsonl
 from .sa import Event
 from .sadb import SaDatabase
 from .unixsock import PeerCred, may_control, peer_cred
-from .wire import child_dict, connection_of, dump, event_dict, ike_dict, link_dict
+from .wire import child_dict, connection_of, dump, ike_dict, link_dict
 
 __all__ = ["CAPABILITIES", "ApiConnection", "ApiServer"]
 
@@ -58,6 +59,7 @@ class ApiServer:
         self.pool = pool
         self.connections: set[ApiConnection] = set()
         self._recent: tuple[list[Event] | None, list[bytes]] = (None, [])
+        self._encoder = EventEncoder()
         self._notice: tuple[dict[str, Any] | None, bytes] = (None, b"")
         self.started = time.time()   # `hello` tells a restarted program from the old one
 
@@ -66,7 +68,7 @@ class ApiServer:
         list (one change's events, thousands when held Child SAs are released at once)
         to each sink in turn."""
         if self._recent[0] is not events:
-            self._recent = (events, [jsonl.encode(event_dict(ev)) for ev in events])
+            self._recent = (events, [self._encoder.encode(ev) for ev in events])
         return self._recent[1]
 
     def encoded_notice(self, msg: dict[str, Any]) -> bytes:

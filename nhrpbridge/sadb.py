@@ -89,7 +89,7 @@ class SaDatabase(SaTables):
         if link is None:
             link = Link(*child.link_key)
         was_up = link.up
-        link = replace(link, children=link.children + (child.uniqueid,))
+        link = Link(*child.link_key, link.children + (child.uniqueid,))   # (replace() is slow)
         self.links[link.key] = link
         self._emit("child-up", child_sa=child, link=link,
                    ike_sa=self.ike_sas.get(child.ike_uniqueid))
@@ -104,7 +104,7 @@ class SaDatabase(SaTables):
         self._del_child(child)
         link = self.links.get(child.link_key)
         if link is not None:
-            link = replace(link, children=tuple(c for c in link.children if c != child.uniqueid))
+            link = Link(*link.key, tuple(c for c in link.children if c != child.uniqueid))
             if link.up:
                 self.links[link.key] = link
             else:

@@ -74,20 +74,27 @@ class Spool:
             RecordError: not a regular file, or too large.
             OSError: as open/read raise it (EMFILE and friends mean: later).
         """
-        fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(f"{self.path}/{name}",
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise RecordError(f"{name} is not a regular file")
             if st.st_size > MAX_RECORD:
                 raise RecordError(f"{name} is {st.st_size} bytes (at most {MAX_RECORD})")
-            chunks, size = [], 0
+            # ask for what fstat said plus one byte: a read of MAX_RECORD + 1 allocated a
+            # 1 MiB buffer per record (a storm's system time); a regular file reads short
+            # only at its end, so one read usually does it
+            chunks, size, want = [], 0, min(st.st_size, MAX_RECORD) + 1
             while size <= MAX_RECORD:
-                chunk = os.read(fd, MAX_RECORD + 1 - size)
+                chunk = os.read(fd, want)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+                if len(chunk) < want:
+                    break
+                want = MAX_RECORD + 1 - size
             if size > MAX_RECORD:
                 raise RecordError(f"{name} grew beyond {MAX_RECORD} bytes")
             return b"".join(chunks), st.st_mtime

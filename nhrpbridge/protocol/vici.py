@@ -104,26 +104,32 @@ def _value(value: Any) -> bytes:
 def _encode_into(out: bytearray, tree: dict[str, Any]) -> None:
     for key, value in tree.items():
         t = type(value)
-        if t is dict or isinstance(value, dict):
+        if t is str:                  # the common cases inline (a storm encodes 30,000)
+            raw = value.encode("utf-8", "surrogateescape")
+        elif t is int:
+            raw = str(value).encode()
+        elif t is dict or isinstance(value, dict):
             out += _prefix(1, key)
             _encode_into(out, value)
             out += b"\x02"
+            continue
         elif t is list or t is tuple:
             out += _prefix(4, key)
             for v in value:
                 out += b"\x05"
                 out += _value(v)
             out += b"\x06"
-        elif t is str:                # the common case, inline (a storm encodes 30,000)
-            raw = value.encode("utf-8", "surrogateescape")
-            if len(raw) > 0xFFFF:
-                raise LocalProtocolError(f"VICI value of {len(raw)} bytes (65535 allowed)")
-            out += _prefix(3, key)
-            out += len(raw).to_bytes(2, "big")
-            out += raw
+            continue
         else:
             out += _prefix(3, key)
             out += _value(value)
+            continue
+        n = len(raw)
+        if n > 0xFFFF:
+            raise LocalProtocolError(f"VICI value of {n} bytes (65535 allowed)")
+        out += _prefix(3, key)
+        out += n.to_bytes(2, "big")
+        out += raw
 
 
 def encode_message(tree: dict[str, Any]) -> bytes:
