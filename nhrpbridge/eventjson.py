@@ -1,7 +1,7 @@
 """API event lines built from per-record JSON: each record serialised once.
 
 Why: one change raises several events that carry the same records (a Child SA's
-child-up and link-up carry the same IKE SA; a storm of 30,000 records raised 100,000
+child-up and link-up carry the same link; a storm of 30,000 records raises 90,000
 events), and JSON encoding was the largest single cost of the daemon in the storm.
 Records are frozen dataclasses, so a record's JSON is fixed for the object's life and can
 be kept by identity (the object is held with it, so its id is not reused while cached).

@@ -80,8 +80,8 @@ def decode_record(data: bytes) -> dict[str, str]:
 
 
 def _decode_simple(data: bytes) -> dict[str, str] | None:
-    """Two passes in C (check the whole record, then collect the pairs): 10x the general
-    parser; None if any line needs the full shell grammar. The record is decoded once
+    """Two passes in C (check the whole record, then collect the pairs), far cheaper than
+    the general parser; None if any line needs the full shell grammar. The record is decoded once
     with surrogateescape, so each value is a slice of it (bytes round-trip exactly)."""
     text = data.decode("utf-8", "surrogateescape")
     if _SIMPLE_ALL.fullmatch(text) is None:
