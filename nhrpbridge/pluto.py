@@ -246,14 +246,19 @@ def parse_trafficstatus(text: str) -> list[Traffic]:
 
 
 def pluto_view(states: list[PlutoState], traffic: list[Traffic],
-               local_hint: dict[str, str] | None = None) -> Reconcile:
+               local_hint: dict[str, str] | None = None,
+               peer_hint: dict[str, str] | None = None) -> Reconcile:
     """pluto's own truth as the change the SA database converges to.
 
     Child SAs are those whack lists in --trafficstatus (installed), enriched with
     the SPIs and addresses of --showstates; IKE SAs are the established IKE states.
-    `local_hint` maps conn name -> local address for states that do not show it.
+    `local_hint` maps conn name -> local address for states that do not show it;
+    `peer_hint` conn name -> peer address, for a permanent (per-peer) conn's Child SA
+    that --trafficstatus lists without an address and the earlier --showstates did not
+    list at all: a rekey between the two calls (the lab saw it drop the new Child SA
+    while the old one was gone, and flap the link).
     """
-    local_hint = local_hint or {}
+    local_hint, peer_hint = local_hint or {}, peer_hint or {}
     by_serial = {s.serial: s for s in states}
     # a permanent conn prints no peer on its IKE state; its children's SPI lines do
     child_peer = {s.ike_serial: s.peer for s in states if s.is_child and s.peer}
@@ -271,7 +276,7 @@ def pluto_view(states: list[PlutoState], traffic: list[Traffic],
     children = []
     for t in traffic:
         st = by_serial.get(t.serial)
-        peer = t.peer or (st.peer if st else None)
+        peer = t.peer or (st.peer if st else None) or peer_hint.get(t.conn)
         local = (st.local if st else None) or local_hint.get(t.conn)
         if peer is None or local is None:
             continue

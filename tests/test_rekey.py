@@ -84,6 +84,36 @@ def test_without_the_log_a_rekey_is_a_reconciliation_and_no_flap():
     assert [c.spi_in for c in db.child_sas.values()] == [0xa2]
 
 
+def test_whack_calls_straddling_a_rekey_keep_the_link():
+    """The lab's flap (debian12, spoke2 without the log follower): --showstates listed the
+    old Child SA #15 only, pluto rekeyed it to #16 and deleted #15, then --trafficstatus
+    listed #16 only, without an address (a per-peer conn prints none). The new Child SA
+    must still count; the old one goes."""
+    db = SaDatabase()
+    db.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, "", HUB_ID, spi_in=0xa1, spi_out=0xb1,
+                     serial=15, source="updown"), 0.0)
+    ss = [f'000 #10: "{CONN}":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest;',
+          f'000 #15: "{CONN}":500 STATE_V2_ESTABLISHED_CHILD_SA (established Child SA); '
+          'IKE SA #10; idle;',
+          f'000 #15: "{CONN}" esp.000000b1@{HUB} esp.000000a1@{SPOKE} Traffic: ESPin=0B ']
+    ts = [f'006 #16: "{CONN}", type=ESP, add_time=1, inBytes=0, outBytes=0, '
+          f"maxBytes=2^63B, id='{HUB_ID}'"]
+    view = pluto_view(parse_showstates("\n".join(ss) + "\n"), parse_trafficstatus(ts[0] + "\n"),
+                      {CONN: SPOKE}, {CONN: HUB})
+    events = db.apply(Reconcile(view.ike_sas, view.child_sas, grace=10.0), 30.0)
+    assert "link-down" not in kinds(events)
+    (link,) = db.links.values()
+    assert link.up and [db.child_sas[c].serial for c in link.children] == [16]
+    # without the hint (the code before): the new Child SA was dropped and the link went down
+    db2 = SaDatabase()
+    db2.apply(ChildUp(CONN, "dmvpn", SPOKE, HUB, "", HUB_ID, spi_in=0xa1, spi_out=0xb1,
+                      serial=15, source="updown"), 0.0)
+    bare = pluto_view(parse_showstates("\n".join(ss) + "\n"),
+                      parse_trafficstatus(ts[0] + "\n"), {CONN: SPOKE})
+    assert "link-down" in kinds(db2.apply(Reconcile(bare.ike_sas, bare.child_sas,
+                                                    grace=10.0), 30.0))
+
+
 def test_both_ends_rekeying_one_child_sa_at_once_keeps_the_link():
     db = SaDatabase()
     db.apply(IkeUp(CONN, "dmvpn", HUB, serial=1, local_host=SPOKE), 0.0)
