@@ -56,19 +56,26 @@ print(json.dumps({"count": n, "bad": bad, "next": nxt, "end": end, "t": time.per
 VICI = r"""
 import socket, sys, time, json
 sys.path.insert(0, sys.argv[3])
-from nhrpbridge.protocol.vici import Decoder, Packet, PacketType, encode_packet
+from nhrpbridge.protocol.vici import Packet, PacketType, encode_packet
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
 for ev in ("child-state-installed", "child-state-destroying"):
     s.sendall(encode_packet(Packet(PacketType.EVENT_REGISTER, ev)))
-want = int(sys.argv[2]); n = 0; d = Decoder()
+# counts framed EVENT packets by their headers only: nhrpd decodes in C, a full Python
+# decode here took 3 s of CPU on the same 2 cores as the daemon it measures
+want = int(sys.argv[2]); n = 0; buf = b""; EVENT = PacketType.EVENT.value
 print("ready", flush=True)
 while n < want:
     data = s.recv(1 << 20)
     if not data:
         break
-    d.feed(data)
-    while (p := d.next_packet()) is not None:
-        n += p.type == PacketType.EVENT
+    buf += data; pos = 0
+    while len(buf) - pos >= 5:
+        size = int.from_bytes(buf[pos:pos + 4], "big")
+        if len(buf) - pos < 4 + size:
+            break
+        n += buf[pos + 4] == EVENT
+        pos += 4 + size
+    buf = buf[pos:]
 print(json.dumps({"count": n, "t": time.perf_counter(), "cpu": time.process_time()}), flush=True)
 """
 

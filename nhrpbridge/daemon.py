@@ -5,9 +5,9 @@ Strategy:
   leaves nhrpd offline for good): load state.json, drop records it already includes,
   apply the rest of the spool, reconcile with pluto when a controller is configured,
   and only then bind the sockets and tell systemd READY=1.
-- Ingest (ingest.py): watchdog pokes an asyncio.Event; the loop applies pending
-  records in name order, publishes the events on the Bus, and checkpoints at most
-  every CHECKPOINT_INTERVAL seconds, then unlinks the included records.
+- Ingest (ingest.py): inotify sets an asyncio.Event; the loop applies pending records in
+  order, publishes the events, and checkpoints every CHECKPOINT_INTERVAL s at most (or 25
+  times the last state's build time: at most 4 % of the loop), then unlinks the records.
 - The daemon knows its parts only through their interfaces (bus.py); assemble.py
   creates them. It is itself the Control front-ends use: initiate and terminate
   go to the pluto controller, resync ingests first.
@@ -68,9 +68,8 @@ class Daemon:
         self.stats = {"records": 0, "bad-records": 0, "checkpoints": 0}
         self._wake = asyncio.Event()
         self.ingest = Ingestor(self.spool, self.apply, monotonic, self._wake, self.stats)
-        self._dirty = False
         self._checkpoint_timer: asyncio.TimerHandle | None = None
-        self._checkpointing = False
+        self._dirty, self._checkpointing, self._state_cost = False, False, 0.0
         self._bg: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -202,7 +201,8 @@ class Daemon:
             await asyncio.sleep(0)            # let transports flush between batches
             if (self.ingest.pending or self._dirty) and self._checkpoint_timer is None:
                 # apply at once, persist a little later: one state write covers a burst
-                self._checkpoint_timer = loop.call_later(CHECKPOINT_INTERVAL, self._timed_checkpoint)
+                self._checkpoint_timer = loop.call_later(
+                    max(CHECKPOINT_INTERVAL, 25 * self._state_cost), self._timed_checkpoint)
 
     def _timed_checkpoint(self) -> None:
         self._checkpoint_timer = None
@@ -222,8 +222,9 @@ class Daemon:
         names = self.ingest.take_pending()
         if self.log_follower is not None:
             self.extra_state["log"] = self.log_follower.position()
+        began = time.perf_counter()
         text, extra = self.db.to_state_json(), copy.deepcopy(self.extra_state)
-        self._dirty = False
+        self._state_cost, self._dirty = time.perf_counter() - began, False
         try:
             await asyncio.to_thread(self._save_and_unlink, text, names, extra)
         except OSError as exc:

@@ -169,9 +169,18 @@ class ViciServer:
 
     # ---- events from the daemon
 
-    def push_event(self, ev: Event) -> None:
+    def push_events(self, events: list[Event]) -> None:
+        """One change's events: the registered names are gathered once for all of them."""
         wanted = set().union(*(c.events for c in self.connections))
-        if not wanted or ev.ike_sa is None:
+        if wanted:
+            for ev in events:
+                self._push(ev, wanted)
+
+    def push_event(self, ev: Event) -> None:
+        self.push_events([ev])
+
+    def _push(self, ev: Event, wanted: set[str]) -> None:
+        if ev.ike_sa is None:
             return
         for name, msg in vici_events(ev, self.clock(), self.certs(ev.ike_sa), wanted):
             targets = [c for c in self.connections if name in c.events]

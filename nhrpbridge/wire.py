@@ -22,8 +22,8 @@ from .sa import ChildSa, Event, IkeSa, Link
 from .sadb import SaDatabase
 
 __all__ = [
-    "NO_CERTS", "Certs", "child_dict", "connection_of", "dump", "event_dict", "ike_dict", "ike_message",
-    "link_dict", "vici_events",
+    "NO_CERTS", "Certs", "api_names", "child_dict", "connection_of", "dump", "event_dict", "ike_dict",
+    "ike_message", "link_dict", "vici_events",
 ]
 
 Certs = tuple["bytes | None", "bytes | None"]   # (local DER, remote DER)
@@ -33,7 +33,7 @@ NO_CERTS: Certs = (None, None)
 # ---- API records ----------------------------------------------------------------
 
 @cache
-def _names(kind: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+def api_names(kind: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
     """(API keys, getter of every attribute at once) of a record type, worked out once
     (fields() is slow; one attrgetter call replaces a getattr per field)."""
     names = [f.name for f in fields(kind)]
@@ -41,7 +41,7 @@ def _names(kind: Any) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]
 
 
 def _kebab(rec: Any) -> dict[str, Any]:
-    keys, values = _names(type(rec))     # type: ignore[arg-type]  # a class is hashable
+    keys, values = api_names(type(rec))     # type: ignore[arg-type]  # a class is hashable
     return dict(zip(keys, values(rec), strict=True))
 
 
