@@ -580,6 +580,15 @@ with urllib.request.urlopen(req, timeout=10) as r:
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run
   ps -eo pid,time,etime,args --sort=-time | cut -c1-170 | head -30 > $LABOUT/ps-cpu.txt
   awk -v up="$(up)" '$1 == "cpu" {printf "GUEST-CPU over %.0f s: user %.0f s, system %.0f s, idle %.0f s\n", up, $2/100, $4/100, $5/100}' /proc/stat | tee -a $LABOUT/ps-cpu.txt
+  # and whose short-lived children used it: the reaped children's CPU of each living
+  # process (hooks roll up into pluto, whack into the daemons, polls into this script)
+  for f in /proc/[0-9]*/stat; do
+    read -r st 2>/dev/null < $f || continue
+    set -- ${st##*) }
+    c=$(( ${14} + ${15} )); [ $c -ge 100 ] || continue
+    echo "$((c / 100)) s $(tr '\0' ' ' < ${f%stat}cmdline | cut -c1-150)"
+  done | sort -rn > $LABOUT/children-cpu.txt
+  echo "GUEST-CPU children of: $(head -6 $LABOUT/children-cpu.txt | cut -c1-80 | tr '\n' ';')"
   kill $TD 2>/dev/null; wait $TD 2>/dev/null
   for n in $NODES; do touch /tmp/lab/$n/norespawn /tmp/lab/$n/norespawn-pluto; done
   for n in $NODES; do
