@@ -73,10 +73,11 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
     controller = revocation = None
     if options.pluto:
         from .control import PlutoController
-        from .pluto import Whack
+        from .pluto import Whack, find_whack
         from .revocation import Revocation
         controller = PlutoController(cfg, daemon.db, daemon.apply, daemon.extra_state, Whack(
-            ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket))
+            ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket,
+            binary=find_whack(cfg.ipsec)))
         daemon.controller = controller
         daemon.bus.add_sink(controller)
         daemon.reconfigure.append(controller.reconfigure)

@@ -105,3 +105,16 @@ def test_asynchronous_initiate_of_an_unknown_conn_exits_0_but_is_an_error():
     assert error_for(Result(0, out, ""), "whack --initiate").code == "unknown-connection"
     assert reply_code(Result(0, 'no connection named "nosuch"\n', "")) == 21     # 5.x: no codes
     assert reply_code(Result(0, "002 \"dmvpn\" #1: initiating IKEv2 connection\n", "")) == 0
+
+
+def test_whack_binary_runs_without_the_ipsec_script(tmp_path):
+    from nhrpbridge.pluto import find_whack
+    (tmp_path / "whack").write_text("#!/bin/sh\n")
+    (tmp_path / "whack").chmod(0o755)
+    assert find_whack("ipsec", (str(tmp_path / "none"), str(tmp_path))) == str(tmp_path / "whack")
+    # an operator's own ipsec command is used as given, never bypassed
+    assert find_whack("/opt/ls/sbin/ipsec", (str(tmp_path),)) == ""
+    assert find_whack("ipsec", (str(tmp_path / "none"),)) == ""
+    w = Whack(rundir="/run/x", binary=str(tmp_path / "whack"))
+    assert w.showstates() == [str(tmp_path / "whack"), "--rundir", "/run/x", "--showstates"]
+    assert w.delete_ike(7)[0] == str(tmp_path / "whack")
