@@ -122,8 +122,8 @@ class Daemon:
 
     def publish_notice(self, notice: Any) -> None:
         """Operator-relevant facts that change no SA: logged, and pushed without seq."""
-        level = logging.WARNING if notice.kind in ("liveness-timeout", "updown-failed") \
-            else logging.INFO
+        level = logging.WARNING if notice.kind in (
+            "liveness-timeout", "updown-failed", "ts-unacceptable") else logging.INFO
         log.log(level, "pluto %s: %s %s #%s: %s", notice.kind, notice.conn, notice.peer or "",
                 notice.serial, notice.text)
         self.bus.broadcast({"type": "notice", "kind": notice.kind, "connection": notice.conn,

@@ -159,3 +159,11 @@ class LogInterpreter:
 
     def _updown_failed(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         return [self._notice("updown-failed", line, memo, line.data["text"])]
+
+    def _ts_unacceptable(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
+        fix = ("a responder accepts a peer behind NAT (which proposes its inside address) "
+               "only with rightsubnet= covering that address and narrowing=yes, as nhrpbridge "
+               "render writes them")
+        cause = f"the peer talks NAT-T (port 4500): {fix}" if line.data["nat-t"] else \
+            f"if this node or the peer is behind NAT, {fix}; else compare the conns' protoport"
+        return [self._notice("ts-unacceptable", line, memo, f"{line.data['text']}: {cause}")]

@@ -181,6 +181,8 @@ def _classify(msg: str) -> tuple[str | None, dict[str, Any]]:
             if m:
                 return "switched", {"to-conn": m.group("conn"),
                                     "to-instance": int(m.group("inst")) if m.group("inst") else None}
+    if "TS_UNACCEPTABLE" in msg:
+        return "ts-unacceptable", {"text": msg, "nat-t": ":4500 " in msg}
     if "exited with" in msg:
         m = _UPDOWN_FAIL4.match(msg) or _UPDOWN_FAIL5.search(msg)
         if m:

@@ -247,3 +247,22 @@ def test_rekeys_keep_ids_and_follow_serials():
     assert ike.uniqueid == 1 and ike.serial == 3
     assert child.uniqueid == 1 and child.serial == 4 and (child.spi_in, child.spi_out) == (6, 5)
     assert len(db.links) == 1
+
+
+@pytest.mark.parametrize("text, nat", [
+    # the initiator's line, the same on 4.10 and 5.2 (lab NAT probe, spoke behind MASQUERADE)
+    ('Dec  4 00:35:44.374747: "dmvpn" #2: IKE_AUTH response rejected Child SA with '
+     'TS_UNACCEPTABLE', False),
+    # the responder's, 4.10, for a peer that came through NAT (port 4500)
+    ('Dec  4 00:36:05.045500: "dmvpn"[1] 198.51.100.20 #3: responding to CREATE_CHILD_SA '
+     'message (ID 2) from 198.51.100.20:4500 with encrypted notification TS_UNACCEPTABLE', True),
+])
+def test_refused_traffic_selectors_are_a_warning_naming_the_nat_fix(text, nat):
+    line = parse_line(text)
+    assert line is not None and line.kind == "ts-unacceptable"
+    [notice] = LogInterpreter().feed(line)
+    assert isinstance(notice, Notice) and notice.kind == "ts-unacceptable"
+    assert "narrowing=yes" in notice.text and "rightsubnet=" in notice.text
+    assert ("the peer talks NAT-T" in notice.text) == nat
+    if nat:
+        assert notice.peer == "198.51.100.20"
