@@ -162,8 +162,8 @@ class LogInterpreter:
 
     def _ts_unacceptable(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         fix = ("a responder accepts a peer behind NAT (which proposes its inside address) "
-               "only with rightsubnet= covering that address, narrowing=yes and a rightid "
-               "other than %fromcert, as nhrpbridge render writes the template")
+               "only with rightsubnet= covering that address and narrowing=yes, as nhrpbridge "
+               "render writes them")
         cause = f"the peer talks NAT-T (port 4500): {fix}" if line.data["nat-t"] else \
             f"if this node or the peer is behind NAT, {fix}; else compare the conns' protoport"
         return [self._notice("ts-unacceptable", line, memo, f"{line.data['text']}: {cause}")]
