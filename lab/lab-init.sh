@@ -552,7 +552,9 @@ print(" ".join(sorted(ok)), "|", d["nhrpd"])')
 
   # ---- 13. metrics: the hub's /metrics, scraped once, against its log since it started --
   # counters start at 0 with each process (the kill -9 in `restarts` started a new one,
-  # `restart` exec'd one): log lines are counted from the last ' ready: ', before and after
+  # `restart` exec'd one): log lines are counted from the last ' ready: ', before and after.
+  # Rejections as revoked may be 0: whether spoke2's nhrpd asks again before the hub cuts
+  # its new IKE SA is a race (a faster run saw 'none asked'); terminations are never 0.
   R13=PASS; W13=""
   since() { nblog hub | awk -v p="$1" '/ ready: / {n = 0} $0 ~ p {n++} END {print n + 0}'; }
   B0=""; for p in "binding-accepted:" "binding-rejected: .*revoked" "revocation: IKE SA .* terminated"; do B0="$B0 $(since "$p")"; done
@@ -569,7 +571,7 @@ with urllib.request.urlopen(req, timeout=10) as r:
   M=" $(msum 'nhrpbridge_bindings_total{decision="accept"') $(msum 'nhrpbridge_bindings_total{decision="reject",reason="revoked"}') $(msum 'nhrpbridge_terminations_total{cause="revocation"}')"
   set -- $B0; a0=$1 r0=$2 t0=$3; set -- $B1; a1=$1 r1=$2 t1=$3; set -- $M; ma=$1 mr=$2 mt=$3
   [ "$ma" -ge "$a0" ] && [ "$ma" -le "$a1" ] || { R13=FAIL; W13="$W13 accepted $ma vs log $a0..$a1;"; }
-  [ "$mr" -ge "$r0" ] && [ "$mr" -le "$r1" ] && [ "$mr" -ge 1 ] || { R13=FAIL; W13="$W13 rejected as revoked $mr vs log $r0..$r1;"; }
+  [ "$mr" -ge "$r0" ] && [ "$mr" -le "$r1" ] || { R13=FAIL; W13="$W13 rejected as revoked $mr vs log $r0..$r1;"; }
   [ "$mt" -ge "$t0" ] && [ "$mt" -le "$t1" ] && [ "$mt" -ge 1 ] || { R13=FAIL; W13="$W13 revocation terminations $mt vs log $t0..$t1;"; }
   grep -q '^nhrpbridge_initiate_seconds_bucket' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no initiate histogram;"; }
   grep -q '^nhrpbridge_links{connection="dmvpn",state="up"} [1-9]' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no link up;"; }
