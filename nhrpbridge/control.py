@@ -135,9 +135,10 @@ class PlutoController(Initiating):
     async def view(self) -> Reconcile:
         states = await self.call(self.whack.showstates(), "whack --showstates")
         traffic = await self.call(self.whack.trafficstatus(), "whack --trafficstatus")
-        hint = {c.conn_name: c.local_host for c in self.db.child_sas.values()}
+        hint: dict[str, str] = {}
         peers: dict[str, set[str]] = {}
         for c in self.db.child_sas.values():
+            hint[c.conn_name] = c.local_host
             peers.setdefault(c.conn_name, set()).add(c.remote_host)
         peer_hint = {conn: next(iter(p)) for conn, p in peers.items() if len(p) == 1}
         return pluto_view(parse_showstates(states.stdout), parse_trafficstatus(traffic.stdout),

@@ -25,7 +25,7 @@ from typing import Any
 
 from .protocol import jsonl
 from .sa import ChildSa, Event, IkeSa, Link
-from .wire import api_names, event_dict
+from .wire import api_names, event_dict, spi_hex
 
 __all__ = ["EventEncoder"]
 
@@ -63,7 +63,7 @@ def _fields_writer(kind: type, special: dict[str, Callable[[Any], str]]) -> Call
 
 
 def _spi(v: int) -> str:
-    return f'"{v:08x}"'
+    return f'"{spi_hex(v)}"'
 
 
 def _link(link: Link) -> str:

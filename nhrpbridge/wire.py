@@ -23,7 +23,7 @@ from .sadb import SaDatabase
 
 __all__ = [
     "NO_CERTS", "Certs", "api_names", "child_dict", "connection_of", "dump", "event_dict", "ike_dict",
-    "ike_message", "link_dict", "vici_events",
+    "ike_message", "link_dict", "spi_hex", "vici_events",
 ]
 
 Certs = tuple["bytes | None", "bytes | None"]   # (local DER, remote DER)
@@ -49,10 +49,14 @@ def ike_dict(ike: IkeSa) -> dict[str, Any]:
     return _kebab(ike)
 
 
+def spi_hex(spi: int) -> str:
+    """An SPI as the API and VICI spell it: 8 hex digits, no 0x."""
+    return f"{spi:08x}"
+
+
 def child_dict(child: ChildSa) -> dict[str, Any]:
     d = _kebab(child)
-    d["spi-in"] = f"{child.spi_in:08x}"
-    d["spi-out"] = f"{child.spi_out:08x}"
+    d["spi-in"], d["spi-out"] = spi_hex(child.spi_in), spi_hex(child.spi_out)
     return d
 
 
@@ -94,7 +98,7 @@ def _child_section(c: ChildSa, now: float, state: str | None = None) -> dict[str
     return {
         "name": c.connection, "uniqueid": c.uniqueid, "reqid": c.reqid,
         "state": state or c.state, "mode": c.mode, "protocol": c.protocol,
-        "spi-in": f"{c.spi_in:08x}", "spi-out": f"{c.spi_out:08x}",
+        "spi-in": spi_hex(c.spi_in), "spi-out": spi_hex(c.spi_out),
         "install-time": max(0, int(now - c.installed)) if c.installed else 0,
         "local-ts": [c.local_ts] if c.local_ts else [],
         "remote-ts": [c.remote_ts] if c.remote_ts else [],
