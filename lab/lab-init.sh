@@ -63,7 +63,7 @@ waitfor() { # seconds command...: poll until the deadline (guest uptime), every 
     k=$((k + 1)); if [ $k -le 10 ]; then sleep 0.3; else sleep 1; fi
   done; return 0
 }
-ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; esac; }
+ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; esac; }
 
 start_pluto() { # node (respawn loop; pid in run/pluto.pid)
   n=$1
@@ -86,16 +86,31 @@ main() {
   /sbin/modprobe -d /tmp/modroot -a esp4 xfrm_user ip_gre veth bridge authenc gcm ghash_generic \
      ctr seqiv echainiv hmac sha256_generic sha512_generic drbg jitterentropy_rng \
      nfnetlink nfnetlink_log x_tables xt_NFLOG xt_hashlimit ip_tables iptable_filter \
+     nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE \
      || echo "MODPROBE-FAIL"
   echo > /proc/sys/kernel/modprobe
   echo "T modules-loaded $(up)"
   ip link add br0 type bridge; ip link set br0 up
-  for n in $NODES; do
+  for n in $NODES spoke4; do
     o=$(ip_of $n); ip netns add lab$n
-    ip link add v-$n type veth peer name eth0 netns lab$n
-    ip link set v-$n master br0 up
     ip -n lab$n link set lo up
-    ip -n lab$n addr add 198.51.100.$o/24 dev eth0; ip -n lab$n link set eth0 up
+    if [ $n = spoke4 ]; then
+      # spoke4 sits behind a MASQUERADE router (labnat: 198.51.100.20 outside, 192.0.2.1
+      # inside); its stack starts only in the `nat` scenario
+      ip netns add labnat; ip -n labnat link set lo up
+      ip link add v-nat type veth peer name eth0 netns labnat; ip link set v-nat master br0 up
+      ip -n labnat addr add 198.51.100.20/24 dev eth0; ip -n labnat link set eth0 up
+      ip -n labnat link add eth1 type veth peer name eth0 netns lab$n
+      ip -n labnat addr add 192.0.2.1/24 dev eth1; ip -n labnat link set eth1 up
+      ip netns exec labnat sysctl -qw net.ipv4.ip_forward=1
+      ip netns exec labnat iptables-legacy -t nat -A POSTROUTING -o eth0 -j MASQUERADE
+      ip -n lab$n addr add 192.0.2.$o/24 dev eth0; ip -n lab$n link set eth0 up
+      ip -n lab$n route add default via 192.0.2.1
+    else
+      ip link add v-$n type veth peer name eth0 netns lab$n
+      ip link set v-$n master br0 up
+      ip -n lab$n addr add 198.51.100.$o/24 dev eth0; ip -n lab$n link set eth0 up
+    fi
     # bound to eth0, or zebra sets gre1 admin-down (seen with FRR 8.4)
     ip -n lab$n tunnel add gre1 mode gre key 42 ttl 64 dev eth0
     ip -n lab$n addr add 203.0.113.$o/32 dev gre1; ip -n lab$n link set gre1 up
@@ -120,11 +135,11 @@ for n in sys.argv[2:]:
                "--frr", f"{d}/frr.conf", "--check"])
     status = "ok" if rc == 0 else "FAILED"
     print(f"RENDER {n}: {status}", file=sys.stderr, flush=True)
-' $LABOUT $NODES 2>$LABOUT/render.log
+' $LABOUT $NODES spoke4 2>$LABOUT/render.log
   grep -v '^RENDER' $LABOUT/render.log | sed 's/^/  /'
   grep '^RENDER' $LABOUT/render.log
   grep -q '^RENDER .*FAILED' $LABOUT/render.log && RESULTS="$RESULTS render=FAIL"
-  for n in $NODES; do
+  for n in $NODES spoke4; do
     { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
       cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
   done
@@ -143,8 +158,8 @@ for n in sys.argv[2:]:
     --hashlimit-burst 1 --hashlimit-mode srcip,dstip --hashlimit-srcmask 24 --hashlimit-dstmask 24 \
     --hashlimit-name loglimit-0 -j NFLOG --nflog-group 1 --nflog-size 128 2>&1 | grep -v 'has never worked'
   STARTING=""
-  for n in $NODES; do
-    d=/tmp/lab/$n/frr
+  start_stack() { # node: nhrpbridge, zebra and nhrpd in its namespace, in the background
+    n=$1; d=/tmp/lab/$n/frr
     echo "hostname $n-zebra" > $d/zebra.conf
     { echo "hostname $n-nhrpd"; echo "log timestamp precision 6"; echo "debug nhrp all"
       grep -v '^ ip address ' $LABOUT/$n/frr.conf; } > $d/nhrpd.conf
@@ -174,8 +189,8 @@ for n in sys.argv[2:]:
           --vty_socket $d -A 127.0.0.1 -P 0 --log file:$LABOUT/$n/nhrpd.log --log-level debug;
         [ -f /tmp/lab/$n/norespawn ] && break; sleep 0.3; done ) > $LABOUT/$n/nhrpd.out 2>&1 &
     " </dev/null >$LABOUT/$n/wrap.out 2>&1 &
-    STARTING="$STARTING $!"
-  done
+  }
+  for n in $NODES; do start_stack $n; STARTING="$STARTING $!"; done
   # the four stacks start side by side: each waits only for its own sockets
   wait $STARTING
   echo "T stacks-started $(up)"
@@ -577,6 +592,33 @@ with urllib.request.urlopen(req, timeout=10) as r:
   grep -q '^nhrpbridge_links{connection="dmvpn",state="up"} [1-9]' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no link up;"; }
   grep -E '^nhrpbridge_(links|bindings_total|terminations_total|whack_failures_total|vici_clients|spool_backlog|log_follower_lag_bytes|reconcile_last)' $LABOUT/hub/metrics.txt | sed 's/^/  hub metrics: /'
   scenario metrics $R13 "hub /metrics scraped (OpenMetrics): bindings accepted $ma (hub log since this process started: $a0..$a1), rejected as revoked $mr (log: $r0..$r1), IKE SAs terminated for revocation $mt (log: $t0..$t1); $(grep '^nhrpbridge_links{' $LABOUT/hub/metrics.txt | tr '\n' ' ');$W13"
+
+  # ---- 14. nat: spoke4 behind a MASQUERADE router (192.0.2.14 inside, 198.51.100.20 out) --
+  # its stack starts only now: the scenarios above count on the three spokes
+  echo "T nat-start $(up)"
+  R14=PASS; W14=""
+  start_pluto spoke4
+  waitfor 20 wk spoke4 --globalstatus || W14="$W14 spoke4's pluto slow to start;"
+  start_stack spoke4; wait $!
+  NODES="$NODES spoke4"                 # shut down and collected with the others
+  waitfor 120 hub_has 203.0.113.14 || { R14=FAIL; W14="$W14 spoke4 not in the hub's cache;"; }
+  echo "T nat-registered $(up)"
+  C4=$(hub_has 203.0.113.14 | head -1); set -- $C4 x x x x x; NB4=$4; CL4=$5
+  [ "$NB4" = 198.51.100.20 ] || { R14=FAIL; W14="$W14 hub's cache has NBMA '$NB4' for spoke4 (want the NAT's 198.51.100.20);"; }
+  BA4=$(nblog hub | grep 'binding-accepted: GRE 203.0.113.14 ' | tail -1 | sed 's/.*binding-accepted: //' | cut -c1-120)
+  [ -n "$BA4" ] || { R14=FAIL; W14="$W14 no accepted binding for 203.0.113.14;"; }
+  ENC=$(ip -n labhub xfrm state | grep -A6 '^src 198.51.100.20 ' | grep -c 'encap type espinudp')
+  [ "$ENC" -ge 1 ] || { R14=FAIL; W14="$W14 no ESP-in-UDP state from 198.51.100.20 on the hub;"; }
+  P4H=0; i=0; while [ $i -lt 20 ]; do ping_ok spoke4 203.0.113.1 && P4H=$((P4H+1)); i=$((i+1)); done
+  P41=0; i=0; while [ $i -lt 30 ]; do ping_ok spoke4 203.0.113.11 && P41=$((P41+1)); i=$((i+1)); sleep 0.2; done
+  [ $P4H -ge 19 ] || { R14=FAIL; W14="$W14 spoke4->hub $P4H/20 pings;"; }
+  [ $P41 -ge 29 ] || { R14=FAIL; W14="$W14 spoke4->spoke1 $P41/30 pings;"; }
+  CLR=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 47 and host 198.51.100.20' 2>/dev/null | wc -l)
+  [ "$CLR" = 0 ] || { R14=FAIL; W14="$W14 $CLR cleartext GRE frames to or from the NAT;"; }
+  SC=$(wk spoke1 --trafficstatus 2>&1 | grep -c '198.51.100.20')
+  wk hub --trafficstatus 2>&1 | grep '198.51.100.20' | cut -c1-200 | sed 's/^/  hub trafficstatus: /'
+  echo "T nat-done $(up)"
+  scenario nat $R14 "hub's cache: '$(echo $C4 | cut -c1-90)' (NBMA $NB4, claimed $CL4); hub binding '$BA4'; hub ESP-in-UDP states from 198.51.100.20: $ENC; pings spoke4->hub $P4H/20, spoke4->spoke1 $P41/30 (direct spoke1 SAs with the NAT's address: $SC); cleartext GRE to or from the NAT: $CLR;$W14"
 
   # ---- shut down --------------------------------------------------------------------
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run

@@ -162,9 +162,10 @@ class LogInterpreter:
 
     def _ts_unacceptable(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         fix = ("a responder accepts a peer behind NAT (which proposes its inside address) "
-               "only with rightsubnet= covering that address and narrowing=yes (measured on "
-               "libreswan 4.10 and 5.2; with certificates not under rightid=%fromcert), which "
-               "nhrpbridge render does not write yet: spokes behind NAT are not supported")
+               "only on a conn with rightsubnet= covering that address and narrowing=yes, "
+               "not under rightid=%fromcert (measured on libreswan 4.10 and 5.2): nhrpbridge "
+               "render writes it as <profile>-nat for certificate nodes; with PSK (IP IDs) "
+               "spokes behind NAT are not supported")
         cause = f"the peer talks NAT-T (port 4500): {fix}" if line.data["nat-t"] else \
             f"if this node or the peer is behind NAT, {fix}; else compare the conns' protoport"
         return [self._notice("ts-unacceptable", line, memo, f"{line.data['text']}: {cause}")]

@@ -26,7 +26,7 @@ from .configfields import CONN_NAME
 from .errors import ErrorCode, PlutoError
 from .plutolog import canonical_ip
 from .sa import ChildUp, IkeUp, Reconcile
-from .updown import peer_suffix, profile_of
+from .updown import peer_id_of, peer_suffix, profile_of
 
 __all__ = [
     "Result", "Runner", "subprocess_runner", "Whack", "WHACK_DIRS", "find_whack", "PlutoState",
@@ -265,7 +265,8 @@ def pluto_view(states: list[PlutoState], traffic: list[Traffic],
     # a permanent conn prints no peer on its IKE state; its children's SPI lines do
     child_peer = {s.ike_serial: s.peer for s in states if s.is_child and s.peer}
     ids = {by_serial[t.serial].ike_serial: t.remote_id for t in traffic
-           if t.serial in by_serial and by_serial[t.serial].ike_serial is not None}
+           if t.serial in by_serial and by_serial[t.serial].ike_serial is not None
+           and peer_id_of(t.conn, t.remote_id)}
     ikes = []
     for s in states:
         peer = s.peer or child_peer.get(s.serial)
@@ -285,7 +286,8 @@ def pluto_view(states: list[PlutoState], traffic: list[Traffic],
         ike_serial = st.ike_serial if st else None
         children.append(ChildUp(
             conn_name=t.conn, connection=profile_of(t.conn, peer), local_host=local,
-            remote_host=peer, remote_id=t.remote_id, spi_in=st.spi_in if st else 0,
+            remote_host=peer, remote_id=peer_id_of(t.conn, t.remote_id),
+            spi_in=st.spi_in if st else 0,
             spi_out=st.spi_out if st else 0, protocol=t.type.upper(), source="whack",
             serial=t.serial, ike_serial=ike_serial))
     return Reconcile(ike_sas=tuple(ikes), child_sas=tuple(children))

@@ -185,7 +185,10 @@ class SaDatabase(SaTables):
             if parent is not None and parent.uniqueid != found.ike_uniqueid:
                 fill["ike_uniqueid"] = parent.uniqueid      # moved by an IKE SA rekey
             if fill:
-                self._set_child(found, replace(found, **fill))
+                self._set_child(found, found := replace(found, **fill))
+            if parent is not None and parent.remote_id != found.remote_id \
+                    and up.remote_id in ("", parent.remote_id):
+                self._relink(found, parent.remote_id)   # a NAT conn's child, first guessed
             return
         ike = self._ike_for_child(up)
         remote_id = up.remote_id or ike.remote_id
@@ -247,6 +250,33 @@ class SaDatabase(SaTables):
         if updated != existing:
             self._set_ike(existing, updated)
             self._emit("ike-updated", ike_sa=updated)
+            if updated.remote_id and not existing.remote_id:
+                for child in self.children_of_ike(updated.uniqueid):
+                    if not child.remote_id:
+                        self._relink(child, updated.remote_id)
+
+    def _relink(self, child: ChildSa, remote_id: str) -> None:
+        """Move a Child SA to the link of its IKE SA's peer ID. A NAT conn's Child SA has no
+        ID of its own (see updown.peer_id_of): when its hook record comes before the log
+        line that names the certificate, or was matched to the wrong IKE SA of an address
+        two peers share, it learns the ID later. Its link changes; the SA does not (no
+        child-down/up, which nhrpd would act on)."""
+        old = self.links.get(child.link_key)
+        new_child = replace(child, remote_id=remote_id)
+        self._set_child(child, new_child)
+        if old is not None:
+            rest = tuple(c for c in old.children if c != child.uniqueid)
+            if rest:
+                self.links[old.key] = Link(*old.key, rest)
+            else:
+                del self.links[old.key]
+                self._emit("link-down", link=Link(*old.key))
+        link = self.links.get(new_child.link_key) or Link(*new_child.link_key)
+        was_up = link.up
+        link = Link(*new_child.link_key, link.children + (new_child.uniqueid,))
+        self.links[link.key] = link
+        if not was_up:
+            self._emit("link-up", link=link)
 
     def _ike_down(self, down: IkeDown) -> None:
         if self._ike_alias.pop(down.serial, None) is not None:

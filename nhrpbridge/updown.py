@@ -9,7 +9,12 @@ Facts this relies on (libreswan 4.x and 5.x updown):
 - SPI_IN holds the *outbound* SPI and SPI_OUT the inbound one (names swapped in
   pluto). We store them the VICI way: spi-in = inbound, spi-out = outbound.
 - PLUTO_CONNECTION is the base name without [N]. A per-peer conn `T-<peer>`
-  created by nhrpbridge maps back to its profile T (see `profile_of`).
+  created by nhrpbridge maps back to its profile T (see `profile_of`), and so does the
+  NAT conn `T-nat` that render writes beside the template.
+- On `T-nat` (rightid=%any) PLUTO_PEER_ID is not who authenticated: pluto moves a Child SA
+  of a peer behind NAT to a fresh instance of `T-nat` whose ID is the peer's address, while
+  its IKE SA stays on `T` with the certificate's ID. So that ID is dropped (`peer_id_of`);
+  the Child SA takes its IKE SA's.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from functools import lru_cache
 from .errors import RecordError
 from .sa import ChildDown, ChildUp, Unroute
 
-__all__ = ["parse_updown_env", "profile_of", "peer_suffix", "VERBS"]
+__all__ = ["parse_updown_env", "profile_of", "peer_suffix", "peer_id_of", "NAT_SUFFIX", "VERBS"]
 
 VERBS = frozenset(f"{base}-{kind}{v6}" for base in ("prepare", "route", "up", "down", "unroute")
                   for kind in ("host", "client") for v6 in ("", "-v6"))
@@ -30,12 +35,24 @@ def peer_suffix(remote_host: str) -> str:
     return remote_host.replace(".", "-").replace(":", "-")
 
 
+NAT_SUFFIX = "-nat"       # render's conn for Child SAs of peers behind NAT: T-nat
+
+
 def profile_of(conn_name: str, remote_host: str) -> str:
-    """Map a per-peer conn name `T-<peer>` back to the profile T nhrpd knows."""
+    """Map a per-peer conn name `T-<peer>` or the NAT conn `T-nat` back to the profile T
+    nhrpd knows."""
     suffix = "-" + peer_suffix(remote_host)
     if conn_name.endswith(suffix) and len(conn_name) > len(suffix):
         return conn_name[: -len(suffix)]
+    if conn_name.endswith(NAT_SUFFIX) and len(conn_name) > len(NAT_SUFFIX):
+        return conn_name[: -len(NAT_SUFFIX)]
     return conn_name
+
+
+def peer_id_of(conn_name: str, reported: str) -> str:
+    """The peer ID pluto reported for a Child SA of `conn_name`, or "" when that conn's ID
+    is not the authenticated one (the NAT conn: the peer's address; see the module doc)."""
+    return "" if conn_name.endswith(NAT_SUFFIX) else reported
 
 
 def _spi(env: dict[str, str], name: str) -> int:
@@ -113,7 +130,7 @@ def parse_updown_env(env: dict[str, str]) -> ChildUp | ChildDown | Unroute | Non
     reqid = int(raw)
     return ChildUp(
         conn_name=conn, connection=profile, local_host=local, remote_host=remote,
-        local_id=_text(env, "PLUTO_MY_ID"), remote_id=_text(env, "PLUTO_PEER_ID"),
+        local_id=_text(env, "PLUTO_MY_ID"), remote_id=peer_id_of(conn, _text(env, "PLUTO_PEER_ID")),
         spi_in=spi_in, spi_out=spi_out, reqid=reqid,
         mode=(env.get("PLUTO_CONNECTION_TYPE") or "transport").upper(),
         protocol=(env.get("PLUTO_SA_TYPE") or "ESP").upper(),

@@ -111,7 +111,24 @@ def test_lifetimes_are_rendered_only_when_set(tmp_path):
 def test_dn_values_are_quoted():
     text = render_ipsec(load_config(SAMPLES / "hub.yaml"))
     assert 'rightca="C=XX, O=DMVPN Lab, CN=DMVPN Lab CA"' in text
-    assert "keyexchange" not in text and "rightid=%any" not in text
+    assert "keyexchange" not in text
+
+
+def test_only_the_nat_conn_accepts_any_id_and_any_selector():
+    """Certificates: the template and the base (per-peer conns) keep %fromcert; the NAT conn
+    answers a peer behind NAT, whose inside address is its traffic selector."""
+    text = render_ipsec(load_config(SAMPLES / "hub.yaml"))
+    stanzas = {b.split("\n", 1)[0]: b for b in text.split("\nconn ")[1:]}
+    assert set(stanzas) == {"dmvpn-base", "dmvpn", "dmvpn-nat"}
+    assert "\trightid=%fromcert\n" in stanzas["dmvpn-base"]
+    nat = stanzas["dmvpn-nat"]
+    assert "also=" not in nat and nat.count("rightid=") == 1 and "\trightid=%any\n" in nat
+    assert "\trightsubnet=0.0.0.0/0\n\tnarrowing=yes\n" in nat and "\trightca=" in nat
+    assert "rightid=%any" not in stanzas["dmvpn-base"] + stanzas["dmvpn"]
+    psk = render_ipsec(load_config(SAMPLES / "hub-psk.yaml"))
+    assert "dmvpn-nat" not in psk and "rightsubnet" not in psk
+    if shutil.which("ipsec"):
+        assert check_ipsec(text, "dmvpn") == []
 
 
 def test_per_peer_stanza_comes_from_the_same_template():
