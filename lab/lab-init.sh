@@ -617,8 +617,18 @@ with urllib.request.urlopen(req, timeout=10) as r:
   [ "$CLR" = 0 ] || { R14=FAIL; W14="$W14 $CLR cleartext GRE frames to or from the NAT;"; }
   SC=$(wk spoke1 --trafficstatus 2>&1 | grep -c '198.51.100.20')
   wk hub --trafficstatus 2>&1 | grep '198.51.100.20' | cut -c1-200 | sed 's/^/  hub trafficstatus: /'
+  # what another VICI client sees: strongSwan's swanctl on the hub's and spoke4's sockets
+  # (reached through the nhrpbridge process's own /run)
+  swsa() { # node remote-host: the NAT keys of that IKE SA in `swanctl --list-sas --raw`
+    swanctl --list-sas --raw --uri "unix:///proc/$(cat /tmp/lab/$1/nb.pid)/root/run/charon.vici" \
+      2>&1 | grep "remote-host=$2 " | head -1 | grep -o 'remote-port=[0-9]*\|local-port=[0-9]*\|nat-[a-z]*=yes\|encap=yes' | sort -u | tr '\n' ' '; }
+  SWH=$(swsa hub 198.51.100.20); SW4=$(swsa spoke4 198.51.100.1)
+  for k in nat-remote=yes encap=yes remote-port=4500 local-port=4500; do
+    case " $SWH" in *" $k "*) ;; *) R14=FAIL; W14="$W14 hub's swanctl lacks $k;";; esac; done
+  for k in nat-local=yes encap=yes; do
+    case " $SW4" in *" $k "*) ;; *) R14=FAIL; W14="$W14 spoke4's swanctl lacks $k;";; esac; done
   echo "T nat-done $(up)"
-  scenario nat $R14 "hub's cache: '$(echo $C4 | cut -c1-90)' (NBMA $NB4, claimed $CL4); hub binding '$BA4'; hub ESP-in-UDP states from 198.51.100.20: $ENC; pings spoke4->hub $P4H/20, spoke4->spoke1 $P41/30 (direct spoke1 SAs with the NAT's address: $SC); cleartext GRE to or from the NAT: $CLR;$W14"
+  scenario nat $R14 "hub's cache: '$(echo $C4 | cut -c1-90)' (NBMA $NB4, claimed $CL4); hub binding '$BA4'; hub ESP-in-UDP states from 198.51.100.20: $ENC; pings spoke4->hub $P4H/20, spoke4->spoke1 $P41/30 (direct spoke1 SAs with the NAT's address: $SC); cleartext GRE to or from the NAT: $CLR; swanctl on the hub: $SWH; on spoke4: $SW4;$W14"
 
   # ---- shut down --------------------------------------------------------------------
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run

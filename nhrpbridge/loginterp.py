@@ -27,6 +27,10 @@ class _StateMemo:
     remote_id: str = ""
 
 
+def _host_ts(addr: str) -> str:
+    return f"{addr}/32" if ":" not in addr else f"{addr}/128"
+
+
 class LogInterpreter:
     """Turns parsed lines into SA changes, remembering what earlier lines said."""
 
@@ -101,9 +105,9 @@ class LogInterpreter:
                         remote_host=peer, remote_id=ike.remote_id if ike else "",
                         spi_in=d.get("spi_in", 0), spi_out=d.get("spi_out", 0),
                         mode=d.get("mode", "TRANSPORT"), protocol=d.get("protocol", "ESP"),
-                        local_ts=f"{local}/32" if ":" not in local else f"{local}/128",
-                        remote_ts=f"{peer}/32" if ":" not in peer else f"{peer}/128",
-                        source="log", serial=line.serial, ike_serial=d.get("ike"))]
+                        local_ts=_host_ts(local), remote_ts=_host_ts(d.get("remote-ts", peer)),
+                        source="log", serial=line.serial, ike_serial=d.get("ike"),
+                        encap="encap" in d)]
 
     def _child_deleted(self, line: LogLine, memo: _StateMemo | None) -> list[Any]:
         if line.serial is None:

@@ -67,6 +67,7 @@ class ChildSa:
     source: str = ""
     rekeyed: float = 0.0             # when pluto last rekeyed it (0: never)
     held: float = 0.0                # its end reported while the last of its link (sadb.py)
+    encap: bool = False              # ESP in UDP (NAT-T), where a source showed it
 
     @property
     def link_key(self) -> LinkKey:
@@ -123,6 +124,7 @@ class ChildUp:
     source: str = ""
     serial: int | None = None
     ike_serial: int | None = None
+    encap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +192,7 @@ class ChildRekeyed:
 class Reconcile:
     """pluto's own complete view (from whack): the database converges to it.
 
-    `grace`: a Child SA reported less than this many seconds ago is kept even if
+    `grace`: an SA reported less than this many seconds ago is kept even if
     whack does not list it yet: pluto runs up-host *before* it records the Child
     SA as established (lab: 2.5 s apart under UML), and removing it in that gap
     made nhrpd drop a fresh shortcut.

@@ -179,7 +179,7 @@ class SaDatabase(SaTables):
     def _child_up(self, up: ChildUp) -> None:
         found = self._match_child(up.local_host, up.remote_host, up.spi_in, up.spi_out, up.serial)
         if found is not None:
-            fill = {k: getattr(up, k) for k in ("serial", "reqid", "local_ts", "remote_ts")
+            fill = {k: getattr(up, k) for k in ("serial", "reqid", "local_ts", "remote_ts", "encap")
                     if getattr(up, k) and not getattr(found, k)}
             parent = self.ike_by_serial(up.ike_serial) if up.ike_serial is not None else None
             if parent is not None and parent.uniqueid != found.ike_uniqueid:
@@ -198,7 +198,7 @@ class SaDatabase(SaTables):
             remote_host=up.remote_host, local_id=up.local_id or ike.local_id,
             remote_id=remote_id, spi_in=up.spi_in, spi_out=up.spi_out, reqid=up.reqid,
             mode=up.mode, protocol=up.protocol, local_ts=up.local_ts, remote_ts=up.remote_ts,
-            serial=up.serial, installed=self._now, source=up.source)
+            serial=up.serial, installed=self._now, source=up.source, encap=up.encap)
         self.next_child_id += 1
         self._put_child(child)
         self._add_child_to_link(child)
@@ -257,10 +257,9 @@ class SaDatabase(SaTables):
 
     def _relink(self, child: ChildSa, remote_id: str) -> None:
         """Move a Child SA to the link of its IKE SA's peer ID. A NAT conn's Child SA has no
-        ID of its own (see updown.peer_id_of): when its hook record comes before the log
-        line that names the certificate, or was matched to the wrong IKE SA of an address
-        two peers share, it learns the ID later. Its link changes; the SA does not (no
-        child-down/up, which nhrpd would act on)."""
+        ID of its own (updown.peer_id_of): it learns it later when its hook record came
+        before the log line naming the certificate, or it was matched to the wrong IKE SA
+        of an address two peers share. No child-down/up, which nhrpd would act on."""
         old = self.links.get(child.link_key)
         new_child = replace(child, remote_id=remote_id)
         self._set_child(child, new_child)
@@ -361,9 +360,10 @@ class SaDatabase(SaTables):
                     and c.uniqueid not in self.held \
                     and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
                 self._remove_child(c)
-        for ike in list(self.ike_sas.values()):
+        for ike in list(self.ike_sas.values()):      # (the log may be ahead of whack too)
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \
-                    and not self.children_of_ike(ike.uniqueid):
+                    and not self.children_of_ike(ike.uniqueid) \
+                    and not 0 <= self._now - ike.established < rc.grace:
                 self._drop_ike(ike)
 
     def restore(self, state: dict[str, Any] | None) -> None:

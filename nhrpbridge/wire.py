@@ -95,7 +95,7 @@ def connection_of(ev: Event) -> str | None:
 # ---- VICI trees -----------------------------------------------------------------
 
 def _child_section(c: ChildSa, now: float, state: str | None = None) -> dict[str, Any]:
-    return {
+    section = {
         "name": c.connection, "uniqueid": c.uniqueid, "reqid": c.reqid,
         "state": state or c.state, "mode": c.mode, "protocol": c.protocol,
         "spi-in": spi_hex(c.spi_in), "spi-out": spi_hex(c.spi_out),
@@ -103,6 +103,22 @@ def _child_section(c: ChildSa, now: float, state: str | None = None) -> dict[str
         "local-ts": [c.local_ts] if c.local_ts else [],
         "remote-ts": [c.remote_ts] if c.remote_ts else [],
     }
+    if c.encap:
+        section["encap"] = "yes"
+    return section
+
+
+def _nat_flags(ike: IkeSa, children: list[ChildSa]) -> dict[str, str]:
+    """strongSwan's nat-* keys, from what pluto showed (it logs no NAT detection): a
+    transport-mode peer whose selector is not its address is behind NAT; ESP in UDP or an
+    IKE port other than 500 means NAT somewhere, ours if the peer's selector is its address."""
+    nat_remote = any(c.mode == "TRANSPORT" and c.remote_ts
+                     and c.remote_ts.split("/")[0] != c.remote_host for c in children)
+    nat_any = nat_remote or any(c.encap for c in children) or ike.remote_port not in (None, 500)
+    nat_local = nat_any and not nat_remote and any(
+        c.remote_ts.split("/")[0] == c.remote_host for c in children)
+    flags = {"nat-local": nat_local, "nat-remote": nat_remote, "nat-any": nat_any}
+    return {k: "yes" for k, v in flags.items() if v}
 
 
 def ike_message(ike: IkeSa, children: list[ChildSa], now: float, child_state: str | None = None,
@@ -110,12 +126,14 @@ def ike_message(ike: IkeSa, children: list[ChildSa], now: float, child_state: st
                 with_children: bool = True) -> dict[str, Any]:
     """`{<profile>: {IKE keys..., child-sas: {...}}}` in the order nhrpd needs."""
     local = ike.local_host or next((c.local_host for c in children if c.local_host), "")
+    nat = _nat_flags(ike, children)
     section: dict[str, Any] = {
         "uniqueid": ike.uniqueid, "version": 2, "state": ike.state,
-        "local-host": local, "local-port": 500,
+        "local-host": local, "local-port": 4500 if nat else 500,      # NAT-T floats to 4500
         "local-id": ike.local_id or next((c.local_id for c in children if c.local_id), local),
-        "remote-host": ike.remote_host, "remote-port": ike.remote_port or 500,
-        "remote-id": ike.remote_id or ike.remote_host,
+        "remote-host": ike.remote_host,
+        "remote-port": ike.remote_port or (4500 if nat else 500),
+        "remote-id": ike.remote_id or ike.remote_host, **nat,
     }
     if ike.initiator is not None:
         section["initiator"] = "yes" if ike.initiator else "no"

@@ -13,6 +13,7 @@ from nhrpbridge.plutolog import parse_line
 from nhrpbridge.sa import Reconcile
 from nhrpbridge.sadb import SaDatabase
 from nhrpbridge.updown import parse_updown_env, profile_of
+from nhrpbridge.wire import ike_message
 
 HUB, NAT, INSIDE = "198.51.100.1", "198.51.100.20", "192.0.2.14"
 S4 = "C=XX, O=DMVPN Lab, CN=s4.dmvpn.example"
@@ -128,3 +129,48 @@ def test_two_peers_behind_one_address_keep_their_own_ids():
     (link,) = db.links.values()
     (child,) = db.child_sas.values()
     assert link.remote_id == S4 == db.ike_sas[child.ike_uniqueid].remote_id
+
+
+def vici_section(db):
+    (ike,) = db.ike_sas.values()
+    msg = ike_message(ike, db.children_of_ike(ike.uniqueid), 100.0)
+    return msg["dmvpn"]
+
+
+def test_vici_shows_the_nat_on_the_hub_from_the_hook_alone():
+    db = SaDatabase(hold=0)
+    db.apply(parse_updown_env(HOOK), 1.0)
+    section = vici_section(db)
+    (child,) = section["child-sas"].values()
+    assert (section["remote-host"], section["nat-remote"], section["nat-any"]) == \
+        (NAT, "yes", "yes")
+    assert "nat-local" not in section and section["local-port"] == 4500
+    assert child["encap"] == "yes" and child["remote-ts"] == [f"{INSIDE}/32"]
+
+
+def test_vici_shows_the_nat_on_the_spoke_behind_it_from_the_log():
+    """spoke4's own view: it proposed its address, the hub answered with its own, ESP in UDP:
+    the NAT is on this side."""
+    lines = ['"dmvpn" #1: initiator established IKE SA; authenticated peer certificate '
+             "'C=XX, O=DMVPN Lab, CN=hub.dmvpn.example' and 2048-bit RSASSA-PSS with SHA2_512 "
+             "digital signature issued by 'C=XX, O=DMVPN Lab, CN=DMVPN Lab CA'",
+             f'"dmvpn" #2: initiator established Child SA using #1; IPsec transport '
+             f"[{INSIDE}/32/GRE/0==={HUB}/32/GRE/0] {{ESPinUDP/ESN=>0xc3a90e5c <0xae223168 "
+             "xfrm=AES_GCM_16_256-NONE NATD=198.51.100.1:4500 DPD=passive}"]
+    db = SaDatabase(hold=0)
+    for change in log_changes(*lines):
+        db.apply(change, 1.0)
+    section = vici_section(db)
+    assert section["nat-local"] == "yes" and "nat-remote" not in section
+    (child,) = section["child-sas"].values()
+    assert child["encap"] == "yes" and section["local-host"] == INSIDE
+
+
+def test_vici_shows_no_nat_without_one():
+    db = SaDatabase(hold=0)
+    db.apply(parse_updown_env(up_env(peer="198.51.100.11", me=HUB)), 1.0)
+    section = vici_section(db)
+    assert not {"nat-local", "nat-remote", "nat-any"} & set(section)
+    assert section["local-port"] == section["remote-port"] == 500
+    (child,) = section["child-sas"].values()
+    assert "encap" not in child

@@ -177,3 +177,15 @@ def test_reconcile_keeps_a_child_updown_just_reported():
     db.apply(up(1), 100.0)
     assert db.apply(Reconcile((), (), grace=10.0), 103.0) == []          # 3 s old: kept
     assert "link-down" in kinds(db.apply(Reconcile((), (), grace=10.0), 111.0))
+
+
+def test_reconcile_keeps_an_ike_sa_the_log_just_reported():
+    """The lab (debian12, nat): the log said spoke4's IKE SA was established 0.2 s after a
+    --showstates that still saw it half-open; the reconciliation dropped it, and with it
+    the only record of the certificate that authenticated (its Child SA's own ID is none)."""
+    db = SaDatabase(hold=0)
+    db.apply(IkeUp("dmvpn", "dmvpn", R, serial=77, remote_id="CN=spoke4"), 100.0)
+    assert db.apply(Reconcile((), (), grace=10.0), 100.2) == []
+    (ike,) = db.ike_sas.values()
+    assert ike.remote_id == "CN=spoke4"
+    assert kinds(db.apply(Reconcile((), (), grace=10.0), 111.0)) == ["ike-down"]

@@ -218,6 +218,9 @@ def test_list_sas_after_restart_already_lists_the_sas(pdaemon):
     for p in pdaemon.state_dir.iterdir():
         if p.is_file():
             p.unlink()                               # spool and state lost
+    # the killed daemon's socket file stays; the new daemon replaces it (stale: nobody
+    # listens), so waiting for the file to exist must not see the old one
+    os.unlink(pdaemon.vici)
     pdaemon.start()
     wait_until(lambda: os.path.exists(pdaemon.vici), what="vici socket")
     assert len(list(session(pdaemon.vici).list_sas())) == 2     # the very first list-sas
