@@ -181,7 +181,7 @@ done
 echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
 for fl in $FLAVOURS; do
   echo "  $fl: wall times $(awk -v f=$fl '$1==f {printf "%ss ", $2}' "$WALLS")"
-  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey nat; do
+  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey nat nat-rebind; do
     p=$(grep -c "^$fl $s PASS" "$SUMMARY" || true); x=$(grep -c "^$fl $s XFAIL" "$SUMMARY" || true)
     printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
   done
