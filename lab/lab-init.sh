@@ -642,8 +642,12 @@ with urllib.request.urlopen(req, timeout=10) as r:
   old_gone() { ! ip -n labhub xfrm state | grep -qE '198\.51\.100\.20( |$)' &&
     ! wk hub --trafficstatus 2>&1 | grep -q '198\.51\.100\.20,' &&
     ! nb hub status --json 2>&1 | grep -q '"198\.51\.100\.20"' && ! hub_has 203.0.113.14 | grep -q '198\.51\.100\.20 '; }
+  # (without promote_secondaries, deleting the primary address takes .21 with it: the first
+  # run of this scenario left the NAT router without an outside address)
+  ip netns exec labnat sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1
   ip -n labnat addr add 198.51.100.21/24 dev eth0
   ip -n labnat addr del 198.51.100.20/24 dev eth0
+  ip -n labnat -4 addr show dev eth0 | grep -q 'inet 198\.51\.100\.21/' || { R15=FAIL; W15="$W15 the NAT router lost its new address;"; }
   read -r t15 _ < /proc/uptime
   ( i=0; while [ $i -lt 100 ]; do ip netns exec labspoke4 ping -c1 -W1 203.0.113.1 >/dev/null 2>&1
       i=$((i+1)); sleep 0.5; done ) >/dev/null 2>&1 &

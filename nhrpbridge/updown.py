@@ -15,8 +15,10 @@ Facts this relies on (libreswan 4.x and 5.x updown):
   of a peer behind NAT to a fresh instance of `T-nat` whose ID is the peer's address, while
   its IKE SA stays on `T` with the certificate's ID. So that ID is dropped (`peer_id_of`);
   the Child SA takes its IKE SA's.
-- A transport-mode peer whose selector (PLUTO_PEER_CLIENT) is not its address is behind
-  NAT: it proposed its inside address, and its ESP runs in UDP.
+- updown shows no NAT: for a transport-mode peer behind NAT, PLUTO_PEER_CLIENT is its
+  post-NAT address (pluto writes the address the kernel policy uses, not the selector the
+  peer proposed; 4.10 kernel.c, 5.2 updown.c). A Child SA on `T-nat` is one of a peer
+  behind NAT, its ESP in UDP: that is all the hook can know.
 """
 from __future__ import annotations
 
@@ -130,12 +132,12 @@ def parse_updown_env(env: dict[str, str]) -> ChildUp | ChildDown | Unroute | Non
     if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > 0xFFFFFFFF:
         raise RecordError(f"PLUTO_SA_REQID={raw[:24]!r} is not a 32-bit number")
     reqid = int(raw)
-    mode = (env.get("PLUTO_CONNECTION_TYPE") or "transport").upper()
-    remote_ts = _text(env, "PLUTO_PEER_CLIENT")
     return ChildUp(
         conn_name=conn, connection=profile, local_host=local, remote_host=remote,
         local_id=_text(env, "PLUTO_MY_ID"), remote_id=peer_id_of(conn, _text(env, "PLUTO_PEER_ID")),
         spi_in=spi_in, spi_out=spi_out, reqid=reqid,
-        mode=mode, protocol=(env.get("PLUTO_SA_TYPE") or "ESP").upper(),
-        local_ts=_text(env, "PLUTO_MY_CLIENT"), remote_ts=remote_ts, source="updown",
-        encap=mode == "TRANSPORT" and remote_ts.split("/")[0] not in ("", remote))
+        mode=(env.get("PLUTO_CONNECTION_TYPE") or "transport").upper(),
+        protocol=(env.get("PLUTO_SA_TYPE") or "ESP").upper(),
+        local_ts=_text(env, "PLUTO_MY_CLIENT"), remote_ts=_text(env, "PLUTO_PEER_CLIENT"),
+        source="updown",
+        encap=conn.endswith(NAT_SUFFIX))

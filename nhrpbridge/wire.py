@@ -20,6 +20,7 @@ from typing import Any
 
 from .sa import ChildSa, Event, IkeSa, Link
 from .sadb import SaDatabase
+from .updown import NAT_SUFFIX
 
 __all__ = [
     "NO_CERTS", "Certs", "api_names", "child_dict", "connection_of", "dump", "event_dict", "ike_dict",
@@ -109,11 +110,13 @@ def _child_section(c: ChildSa, now: float, state: str | None = None) -> dict[str
 
 
 def _nat_flags(ike: IkeSa, children: list[ChildSa]) -> dict[str, str]:
-    """strongSwan's nat-* keys, from what pluto showed (it logs no NAT detection): a
-    transport-mode peer whose selector is not its address is behind NAT; ESP in UDP or an
-    IKE port other than 500 means NAT somewhere, ours if the peer's selector is its address."""
-    nat_remote = any(c.mode == "TRANSPORT" and c.remote_ts
-                     and c.remote_ts.split("/")[0] != c.remote_host for c in children)
+    """strongSwan's nat-* keys, from what pluto showed (it logs no NAT detection): a Child
+    SA on the NAT conn, or a transport-mode peer whose selector (in pluto's log) is not its
+    address, is a peer behind NAT; ESP in UDP or an IKE port other than 500 means NAT
+    somewhere, ours if the peer's selector is its address."""
+    nat_remote = any(c.conn_name.endswith(NAT_SUFFIX) or (
+        c.mode == "TRANSPORT" and c.remote_ts and c.remote_ts.split("/")[0] != c.remote_host)
+        for c in children)
     nat_any = nat_remote or any(c.encap for c in children) or ike.remote_port not in (None, 500)
     nat_local = nat_any and not nat_remote and any(
         c.remote_ts.split("/")[0] == c.remote_host for c in children)
