@@ -84,13 +84,27 @@ class SaDatabase(SaTables):
         self.seq += 1
         self._events.append(Event(self.seq, kind, self._now, **kw))
 
-    def _add_child_to_link(self, child: ChildSa) -> None:
+    def _link(self, child: ChildSa) -> tuple[Link, bool]:
+        """Put `child` on its link: the link, and whether it was up before."""
         link = self.links.get(child.link_key)
-        if link is None:
-            link = Link(*child.link_key)
-        was_up = link.up
-        link = Link(*child.link_key, link.children + (child.uniqueid,))   # (replace() is slow)
-        self.links[link.key] = link
+        was_up = link is not None and link.up
+        link = Link(*child.link_key, (link.children if link else ()) + (child.uniqueid,))
+        self.links[link.key] = link             # (Link(), not replace(): that is slow)
+        return link, was_up
+
+    def _unlink(self, child: ChildSa) -> Link | None:
+        """Take `child` off its link: the link as left (None: it had none)."""
+        link = self.links.get(child.link_key)
+        if link is not None:
+            link = Link(*link.key, tuple(c for c in link.children if c != child.uniqueid))
+            if link.up:
+                self.links[link.key] = link
+            else:
+                del self.links[link.key]
+        return link
+
+    def _add_child_to_link(self, child: ChildSa) -> None:
+        link, was_up = self._link(child)
         self._emit("child-up", child_sa=child, link=link,
                    ike_sa=self.ike_sas.get(child.ike_uniqueid))
         if not was_up:
@@ -102,13 +116,7 @@ class SaDatabase(SaTables):
     def _remove_child(self, child: ChildSa, cascade: bool = True) -> None:
         """Drop a child; with `cascade`, an inferred IKE SA left empty goes too."""
         self._del_child(child)
-        link = self.links.get(child.link_key)
-        if link is not None:
-            link = Link(*link.key, tuple(c for c in link.children if c != child.uniqueid))
-            if link.up:
-                self.links[link.key] = link
-            else:
-                del self.links[link.key]
+        link = self._unlink(child)
         self._emit("child-down", child_sa=replace(child, state="DELETING"), link=link,
                    ike_sa=self.ike_sas.get(child.ike_uniqueid))
         if link is not None and not link.up:
@@ -260,20 +268,11 @@ class SaDatabase(SaTables):
         ID of its own (updown.peer_id_of): it learns it later when its hook record came
         before the log line naming the certificate, or it was matched to the wrong IKE SA
         of an address two peers share. No child-down/up, which nhrpd would act on."""
-        old = self.links.get(child.link_key)
-        new_child = replace(child, remote_id=remote_id)
-        self._set_child(child, new_child)
-        if old is not None:
-            rest = tuple(c for c in old.children if c != child.uniqueid)
-            if rest:
-                self.links[old.key] = Link(*old.key, rest)
-            else:
-                del self.links[old.key]
-                self._emit("link-down", link=Link(*old.key))
-        link = self.links.get(new_child.link_key) or Link(*new_child.link_key)
-        was_up = link.up
-        link = Link(*new_child.link_key, link.children + (new_child.uniqueid,))
-        self.links[link.key] = link
+        old = self._unlink(child)
+        if old is not None and not old.up:
+            self._emit("link-down", link=old)
+        self._set_child(child, child := replace(child, remote_id=remote_id))
+        link, was_up = self._link(child)
         if not was_up:
             self._emit("link-up", link=link)
 
