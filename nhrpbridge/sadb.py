@@ -194,7 +194,7 @@ class SaDatabase(SaTables):
                 fill["ike_uniqueid"] = parent.uniqueid      # moved by an IKE SA rekey
             if fill:
                 self._set_child(found, found := replace(found, **fill))
-            if parent is not None and parent.remote_id != found.remote_id \
+            if parent is not None and parent.remote_id not in ("", found.remote_id) \
                     and up.remote_id in ("", parent.remote_id):
                 self._relink(found, parent.remote_id)   # a NAT conn's child, first guessed
             return

@@ -189,3 +189,17 @@ def test_reconcile_keeps_an_ike_sa_the_log_just_reported():
     (ike,) = db.ike_sas.values()
     assert ike.remote_id == "CN=spoke4"
     assert kinds(db.apply(Reconcile((), (), grace=10.0), 111.0)) == ["ike-down"]
+
+
+def test_a_source_without_ids_never_takes_a_links_id_away():
+    """A log line for a Child SA whose IKE SA the log never named (the follower started
+    later), matched by its serial: neither knows the peer's ID; the link keeps the hook's."""
+    db = SaDatabase(hold=0)
+    db.apply(up(1, rid="CN=spoke1"), 1.0)
+    db.apply(IkeUp("dmvpn", "dmvpn", R, serial=3), 2.0)        # adopts the inferred one
+    db.apply(IkeUp("dmvpn", "dmvpn", R, serial=5), 2.0)        # its rekey, no ID known
+    events = db.apply(ChildUp("dmvpn", "dmvpn", L, R, spi_in=1, spi_out=1001, serial=4,
+                              ike_serial=5, source="log"), 3.0)
+    assert "link-down" not in kinds(events)
+    (link,) = db.links.values()
+    assert link.remote_id == "CN=spoke1"
