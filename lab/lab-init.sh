@@ -459,19 +459,32 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   # noticed only when its IKE SA expired (one debian12 run: 91 s)
   touch /tmp/lab/spoke2/norespawn-pluto
   LDN0=$(nblog hub | grep -c 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ')
+  PMARK3=$(( $(wc -l < $LABOUT/hub/pluto.log) + 1 ))
   kill -9 $(cat /tmp/lab/spoke2/run/pluto.pid)
   ip -n labspoke2 xfrm state flush
   echo "T spoke2-pluto-killed $(up)"
   R3=PASS; W3=""
-  waitfor 60 sh -c "[ \$(grep -c 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' $LABOUT/hub/nhrpbridge.log) -gt $LDN0 ]" \
-    || { R3=FAIL; W3="no link-down on the hub;"; }
+  read -r t3 _ < /proc/uptime
+  hub_ld() { [ $(grep -c 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' $LABOUT/hub/nhrpbridge.log) -gt $LDN0 ]; }
+  # pluto 4.10 runs no liveness check while an exchange is queued on the IKE SA ("request
+  # pending"), and a queued exchange whose predecessor was abandoned is never sent: the hub
+  # then notices only when the IKE SA expires (150 s here, hours by default). Seen in 2 of
+  # about 12 debian12 runs, when the kill fell on a rekey. Waited for, and said, not hidden.
+  if ! waitfor 60 hub_ld; then
+    QD=$(tail -n +$PMARK3 $LABOUT/hub/pluto.log | grep -E '198\.51\.100\.12|dmvpn-198-51-100-12' | grep -E 'initiating (rekey|Child SA)|initiating.*CREATE_CHILD_SA' | tail -1)
+    SENT=$(tail -n +$PMARK3 $LABOUT/hub/pluto.log | grep -E '198\.51\.100\.12|dmvpn-198-51-100-12' | grep -cE 'sent CREATE_CHILD_SA|retransmission|timeout exceeded|liveness')
+    if [ -n "$QD" ] && [ "$SENT" = 0 ] && waitfor 160 hub_ld; then
+      W3="late: the hub's pluto ran no liveness check (a queued exchange never sent: '$(echo "$QD" | cut -c1-110)'), so it noticed when the IKE SA expired;"
+    else R3=FAIL; W3="no link-down on the hub (queued exchange: '${QD:-none}', sent/retransmitted/liveness lines after the kill: $SENT);"; fi
+  fi
+  read -r t _ < /proc/uptime; DT3=$(awk -v a=$t3 -v b=$t 'BEGIN{printf "%.1f", b-a}')
   echo "T hub-link-down $(up)"
   LD=$(nblog hub | grep 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ' | tail -1)
-  LV=$(grep -E 'timeout exceeded|liveness' $LABOUT/hub/pluto.log | grep 198.51.100.12 | tail -1)
+  LV=$(tail -n +$PMARK3 $LABOUT/hub/pluto.log | grep -E 'timeout exceeded|liveness|expired' | grep -E '198\.51\.100\.12|dmvpn-198-51-100-12' | tail -1)
   waitfor 90 sh -c "! vtysh --vty_socket /tmp/lab/hub/frr -c 'show ip nhrp cache' | grep -q ' 203.0.113.12 '" \
     || { R3=FAIL; W3="$W3 hub nhrpd kept 203.0.113.12;"; }
   echo "T hub-cache-cleared $(up)"
-  scenario loss $R3 "hub pluto: '$(echo "$LV" | cut -c1-140)'; hub nhrpbridge: '$(echo "$LD" | cut -c1-120)'; hub cache entry for .12: '$(hub_has 203.0.113.12 | head -1)' $W3"
+  scenario loss $R3 "link-down on the hub $DT3 s after the kill; hub pluto: '$(echo "$LV" | cut -c1-140)'; hub nhrpbridge: '$(echo "$LD" | cut -c1-120)'; hub cache entry for .12: '$(hub_has 203.0.113.12 | head -1)' $W3"
 
   # ---- 9. hub outage (last: it leaves stale IKE SAs behind that would disturb the others):
   # the hub unreachable for longer than per-peer-idle (20 s here) and initiate-retry (10 s
@@ -666,6 +679,10 @@ with urllib.request.urlopen(req, timeout=10) as r:
   DUPB=$(dups_at_20); UNB=$(s4_unanswered)
   ip -n labnat addr add 198.51.100.21/24 dev eth0
   ip -n labnat addr del 198.51.100.20/24 dev eth0
+  # MASQUERADE's own clean-up of the lost address's mappings is deferred; one run kept
+  # translating spoke4's flows to .20 after the change. A router that changes its address
+  # starts with no mappings: flush them (conntrack-tools)
+  ip netns exec labnat conntrack -F >/dev/null 2>&1 || { R15=FAIL; W15="$W15 conntrack -F failed in the NAT router;"; }
   ip -n labnat -4 addr show dev eth0 | grep -q 'inet 198\.51\.100\.21/' || { R15=FAIL; W15="$W15 the NAT router lost its new address;"; }
   read -r t15 _ < /proc/uptime
   ( i=0; while [ $i -lt 100 ]; do ip netns exec labspoke4 ping -c1 -W1 203.0.113.1 >/dev/null 2>&1

@@ -10,7 +10,7 @@ set -euo pipefail
 FLAVOUR=${1:?usage: mkroot.sh debian12|debian13}
 PKGS="libreswan libnss3-tools frr iproute2 iputils-ping tcpdump iptables kmod procps util-linux
 python3 python3-yaml python3-jinja2 python3-cryptography python3-watchdog python3-prometheus-client
-strongswan-swanctl"
+strongswan-swanctl conntrack"
 case "$FLAVOUR" in
   debian12) echo /; exit 0;;
   debian13) SUITE=trixie;;

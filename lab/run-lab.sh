@@ -34,7 +34,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "Run it as root (sudo make lab)." >&2
   exit 2
 fi
-PKGS="user-mode-linux libreswan libnss3-tools frr kmod iproute2 iputils-ping tcpdump iptables mmdebstrap"
+PKGS="user-mode-linux libreswan libnss3-tools frr kmod iproute2 iputils-ping tcpdump iptables conntrack strongswan-swanctl mmdebstrap"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
