@@ -63,7 +63,7 @@ waitfor() { # seconds command...: poll until the deadline (guest uptime), every 
     k=$((k + 1)); if [ $k -le 10 ]; then sleep 0.3; else sleep 1; fi
   done; return 0
 }
-ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; esac; }
+ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; spoke5) echo 15;; esac; }
 
 start_pluto() { # node (respawn loop; pid in run/pluto.pid)
   n=$1
@@ -91,19 +91,23 @@ main() {
   echo > /proc/sys/kernel/modprobe
   echo "T modules-loaded $(up)"
   ip link add br0 type bridge; ip link set br0 up
-  for n in $NODES spoke4; do
+  for n in $NODES spoke4 spoke5; do
     o=$(ip_of $n); ip netns add lab$n
     ip -n lab$n link set lo up
     if [ $n = spoke4 ]; then
-      # spoke4 sits behind a MASQUERADE router (labnat: 198.51.100.20 outside, 192.0.2.1
-      # inside); its stack starts only in the `nat` scenario
+      # spoke4 and spoke5 sit behind a MASQUERADE router (labnat: 198.51.100.20 outside,
+      # 192.0.2.1 on its inside bridge); their stacks start only in the nat scenarios
       ip netns add labnat; ip -n labnat link set lo up
       ip link add v-nat type veth peer name eth0 netns labnat; ip link set v-nat master br0 up
       ip -n labnat addr add 198.51.100.20/24 dev eth0; ip -n labnat link set eth0 up
-      ip -n labnat link add eth1 type veth peer name eth0 netns lab$n
-      ip -n labnat addr add 192.0.2.1/24 dev eth1; ip -n labnat link set eth1 up
+      ip -n labnat link add brin type bridge; ip -n labnat addr add 192.0.2.1/24 dev brin
+      ip -n labnat link set brin up
       ip netns exec labnat sysctl -qw net.ipv4.ip_forward=1
       ip netns exec labnat iptables-legacy -t nat -A POSTROUTING -o eth0 -j MASQUERADE
+    fi
+    if [ $n = spoke4 ] || [ $n = spoke5 ]; then
+      ip -n labnat link add in-$n type veth peer name eth0 netns lab$n
+      ip -n labnat link set in-$n master brin up
       ip -n lab$n addr add 192.0.2.$o/24 dev eth0; ip -n lab$n link set eth0 up
       ip -n lab$n route add default via 192.0.2.1
     else
@@ -124,7 +128,7 @@ main() {
     : > /tmp/lab/$n/ipsec.secrets; chmod 600 /tmp/lab/$n/ipsec.secrets
   done
   # `nhrpbridge render --check` for every node, here so that the check runs this flavour's
-  # own `ipsec addconn`; one python process for all four (a python start costs seconds)
+  # own `ipsec addconn`; one python process for all of them (a python start costs seconds)
   PYTHONPATH=$SRC $PY -c '
 import sys
 from nhrpbridge.cli import main
@@ -135,11 +139,11 @@ for n in sys.argv[2:]:
                "--frr", f"{d}/frr.conf", "--check"])
     status = "ok" if rc == 0 else "FAILED"
     print(f"RENDER {n}: {status}", file=sys.stderr, flush=True)
-' $LABOUT $NODES spoke4 2>$LABOUT/render.log
+' $LABOUT $NODES spoke4 spoke5 2>$LABOUT/render.log
   grep -v '^RENDER' $LABOUT/render.log | sed 's/^/  /'
   grep '^RENDER' $LABOUT/render.log
   grep -q '^RENDER .*FAILED' $LABOUT/render.log && RESULTS="$RESULTS render=FAIL"
-  for n in $NODES spoke4; do
+  for n in $NODES spoke4 spoke5; do
     { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
       cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
   done
@@ -712,6 +716,47 @@ with urllib.request.urlopen(req, timeout=10) as r:
   else R15=FAIL; W15="$W15 slower than 30 s without a libreswan cause shown;"; fi
   echo "T nat-rebind-done $(up)"
   scenario nat-rebind $R15 "NAT address 198.51.100.20 -> .21: hub's cache at .21 after $DT15 s ('$C15'); nothing at .20 after $DG15 s (still at .20:${STALE:- none}); hub pluto: 'ignoring peer endpoint change' x$IGN, retransmitted answers at .20 x$DUPS, IKE SAs at .21 $IKE21; spoke4 pluto: requests to the hub unanswered x$UNANS;$W15"
+
+  # ---- 17. nat-shared: spoke5 joins spoke4 behind the NAT's one address (.21) ----------
+  # nhrpd keys its peers by NBMA address, so two spokes behind one address are one peer to
+  # it (FRR issue 8308): expected to fail. What must hold: pluto's two IKE SAs stay two
+  # links in nhrpbridge (one per certificate ID), and no binding from that address is
+  # accepted on the other peer's certificate. PASS only if both spokes register and reach
+  # the hub; XFAIL when they cannot and nhrpbridge rejected what it could not attribute.
+  echo "T nat-shared-start $(up)"
+  R16=PASS; W16=""
+  RJ0=$(nblog hub | grep -c 'binding-rejected: .* from NBMA 198\.51\.100\.21 ')
+  AC0=$(nblog hub | grep -c 'binding-accepted: .* from NBMA 198\.51\.100\.21 ')
+  AMB0=$(nblog hub | grep -c 'binding-rejected: .* peers share NBMA 198\.51\.100\.21 ')
+  start_pluto spoke5
+  waitfor 20 wk spoke5 --globalstatus || W16="$W16 spoke5's pluto slow to start;"
+  start_stack spoke5; wait $!
+  NODES="$NODES spoke5"
+  waitfor 60 sh -c "[ \$(ipsec whack --rundir /tmp/lab/hub/run --showstates | grep -c '198\.51\.100\.21:[0-9]* STATE_V2_ESTABLISHED_IKE_SA') -ge 2 ]" \
+    || { R16=FAIL; W16="$W16 the hub has not two IKE SAs at .21;"; }
+  # what nhrpd does next: spoke5 registers (rejected or not); give it one registration round
+  waitfor 60 sh -c "[ \$(grep -c 'binding-[a-z]*: GRE 203\.0\.113\.15 from NBMA 198\.51\.100\.21 ' $LABOUT/hub/nhrpbridge.log) -ge 1 ]" \
+    || W16="$W16 no binding asked for spoke5 in 60 s;"
+  P5=0; P4=0; for k in 1 2 3 4 5 6 7 8 9 10; do ping_ok spoke5 203.0.113.1 && P5=$((P5+1)); ping_ok spoke4 203.0.113.1 && P4=$((P4+1)); done
+  echo "T nat-shared-done $(up)"
+  PORTS=$(wk hub --showstates 2>&1 | grep -o '198\.51\.100\.21:[0-9]* STATE_V2_ESTABLISHED_IKE_SA' | cut -d' ' -f1 | sort -u | tr '\n' ' ')
+  LINKS=$(nb hub status --json 2>&1 | grep -o '"remote-host": "198\.51\.100\.21", "remote-id": "[^"]*", "up": true' | grep -o 'CN=[a-z0-9]*' | sort -u | tr '\n' ' ')
+  KIDS=$(wk hub --trafficstatus 2>&1 | grep '198\.51\.100\.21' | grep -c 'type=ESP')
+  RJ=$(( $(nblog hub | grep -c 'binding-rejected: .* from NBMA 198\.51\.100\.21 ') - RJ0 ))
+  AMB=$(( $(nblog hub | grep -c 'binding-rejected: .* peers share NBMA 198\.51\.100\.21 ') - AMB0 ))
+  AC=$(( $(nblog hub | grep -c 'binding-accepted: .* from NBMA 198\.51\.100\.21 ') - AC0 ))
+  # a binding accepted for one spoke's GRE address in the other's name: the wrong authorization
+  WRONG=$(nblog hub | grep 'binding-accepted: .* from NBMA 198\.51\.100\.21 ' | grep -cE 'GRE 203\.0\.113\.14 .*CN=spoke5|GRE 203\.0\.113\.15 .*CN=spoke[^5]')
+  C5=$(hub_has 203.0.113.15 | head -1 | cut -c1-80); C4=$(hub_has 203.0.113.14 | head -1 | cut -c1-80)
+  echo "  hub links at .21: $LINKS; IKE endpoints: $PORTS; hub Child SAs at .21: $KIDS"
+  nblog hub | grep 'binding-[a-z]*: .* from NBMA 198\.51\.100\.21 ' | tail -4 | cut -c1-260 | sed 's/^/  hub: /'
+  case "$LINKS" in *CN=spoke4*CN=spoke5*) ;; *) R16=FAIL; W16="$W16 nhrpbridge does not hold one link per spoke at .21 ('$LINKS');";; esac
+  if [ "$WRONG" != 0 ]; then R16=FAIL; W16="$W16 $WRONG bindings accepted on the other spoke's certificate;"
+  elif [ $R16 = FAIL ]; then :
+  elif [ -n "$C5" ] && [ -n "$C4" ] && [ $P5 -ge 9 ] && [ $P4 -ge 9 ]; then R16=PASS
+  elif [ "$AMB" -ge 1 ]; then R16=XFAIL; W16="$W16 nhrpd keys peers by NBMA address (FRR issue 8308): it asked for both spokes' bindings at one address, and nhrpbridge, unable to tell which peer sent them, rejected them;"
+  else R16=FAIL; W16="$W16 not both registered and no ambiguity shown;"; fi
+  scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
 
   # ---- shut down --------------------------------------------------------------------
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run

@@ -145,39 +145,62 @@ class Authorizer:
 
     def authorize(self, connection: str | None, remote_nbma: str, gre_address: str,
                   local_nbma: str | None = None, remote_cert_der: bytes | None = None) -> dict[str, Any]:
+        """nhrpd names the peer only by its NBMA pair. Behind one NAT address several
+        peers share it (two links, two IDs): nhrpd cannot say which one registered, so
+        the binding is accepted only if every one of them may claim the address; one
+        peer's certificate never vouches for another."""
         db = self.db
         links = [lk for lk in db.links.values() if lk.remote_host == remote_nbma and lk.up
                  and (local_nbma is None or lk.local_host == local_nbma)
                  and (connection is None or lk.connection == connection)]
-        link = links[0] if links else None
+        candidates = [self._decide(lk.connection, lk, gre_address) for lk in links] \
+            or [self._decide(connection or "", None, gre_address)]
+        peers = {c[2] for c in candidates}
+        link, ike, _pid, decision, policy, cert = candidates[0]
+        if len(peers) > 1:
+            names = ", ".join(sorted(p or "(no id)" for p in peers))
+            refused = [c for c in candidates if not c[3].accept]
+            if refused:
+                link, ike, _pid, decision, policy, cert = refused[0]
+                decision = Decision(False, f"{len(peers)} peers share NBMA {remote_nbma} "
+                                    f"({names}) and nhrpd does not say which one registered; "
+                                    f"{refused[0][2] or '(no id)'}: {decision.reason}", "ambiguous-peer")
+            else:
+                decision = Decision(True, f"every peer sharing NBMA {remote_nbma} ({names}) "
+                                    f"may claim it: {decision.reason}", decision.code)
+        if remote_cert_der and cert is None:
+            note = " (nhrpd sent a certificate we do not hold for this peer: ignored)"
+        else:
+            note = ""
         conn = link.connection if link else (connection or "")
+        return {"decision": decision.result, "accept": decision.accept,
+                "code": decision.code, "reason": decision.reason + note, "policy": policy, "connection": conn,
+                "remote-nbma": remote_nbma, "local-nbma": local_nbma or (link.local_host if link else None),
+                "gre-address": gre_address, "peer-id": ike.remote_id if ike else None,
+                "cert-source": "store" if cert else None}
+
+    def _decide(self, conn: str, link: Any, gre_address: str
+                ) -> tuple[Any, IkeSa | None, str, Decision, str, CertInfo | None]:
+        """(link, its IKE SA, peer ID, decision, policy, certificate) for one link."""
+        db = self.db
         ike = None
         if link is not None:
             kids = [db.child_sas[c] for c in link.children if c in db.child_sas]
             ike = db.ike_sas.get(kids[-1].ike_uniqueid) if kids else None
         policy, prefixes = self.policy_for(conn)
         cert = self.peer_cert(ike)
-        if remote_cert_der and cert is None:
-            note = " (nhrpd sent a certificate we do not hold for this peer: ignored)"
-        else:
-            note = ""
         issuer = None
         if ike is not None and ike.remote_cert_issuer:
             try:
                 issuer = parse_dn(ike.remote_cert_issuer)
             except ValueError:
                 issuer = None
-        decision: Decision = decide(
-            policy, gre_address, has_child_sa=link is not None,
-            peer_id=(ike.remote_id if ike else "") or (link.remote_id if link else ""),
+        peer_id = (ike.remote_id if ike else "") or (link.remote_id if link else "")
+        decision = decide(
+            policy, gre_address, has_child_sa=link is not None, peer_id=peer_id,
             cert=cert, expected_issuer=issuer, allowed_prefixes=prefixes,
             revoked=self.store.revocation(cert) if self.store else None)
-        result = {"decision": decision.result, "accept": decision.accept,
-                  "code": decision.code, "reason": decision.reason + note, "policy": policy, "connection": conn,
-                  "remote-nbma": remote_nbma, "local-nbma": local_nbma or (link.local_host if link else None),
-                  "gre-address": gre_address, "peer-id": ike.remote_id if ike else None,
-                  "cert-source": "store" if cert else None}
-        return result
+        return link, ike, peer_id, decision, policy, cert
 
     def record(self, result: dict[str, Any], dry_run: bool = False) -> None:
         kind = "binding-accepted" if result["accept"] else "binding-rejected"

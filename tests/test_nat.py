@@ -5,8 +5,12 @@ must be the peer's, keyed by that certificate ID, whatever source speaks first.
 The pluto lines and whack output are those of the lab's probe (hub 198.51.100.1, spoke
 s4 192.0.2.14 behind a MASQUERADE router 198.51.100.20), libreswan 4.10 and 5.2."""
 import pytest
+from certgen import make_ca, make_cert, pem
 from conftest import up_env
 
+from nhrpbridge.authorize import Authorizer
+from nhrpbridge.bus import Bus
+from nhrpbridge.certs import CertStore
 from nhrpbridge.loginterp import LogInterpreter
 from nhrpbridge.pluto import parse_showstates, parse_trafficstatus, pluto_view
 from nhrpbridge.plutolog import parse_line
@@ -186,3 +190,40 @@ def test_vici_shows_no_nat_without_one():
     assert section["local-port"] == section["remote-port"] == 500
     (child,) = section["child-sas"].values()
     assert "encap" not in child
+
+
+def two_peers_behind_the_nat():
+    """s4 and s5 behind one NAT address, each with its IKE SA and Child SA (pluto's lines)."""
+    ike_s5 = IKE4.replace("#3:", "#5:").replace("CN=s4.", "CN=s5.").replace('"[2]', '"[3]')
+    child_s5 = (CHILD4.replace("#4:", "#6:").replace("using #3", "using #5")
+                .replace('"dmvpn-nat"[1]', '"dmvpn-nat"[2]').replace("0x4bf2c0a5", "0x5555")
+                .replace("0x2cc39e70", "0x6666").replace("192.0.2.14", "192.0.2.15"))
+    db = SaDatabase(hold=0)
+    for change in log_changes(IKE4, CHILD4, ike_s5, child_s5):
+        db.apply(change, 0.0)
+    return db
+
+
+@pytest.mark.parametrize("gre", ["203.0.113.14", "203.0.113.15"])
+def test_two_peers_behind_one_address_never_vouch_for_each_other(tmp_path, gre):
+    """nhrpd asks by NBMA alone: neither certificate may authorize a registration that
+    could have come from the other peer (the operator reads why)."""
+    ca = make_ca()
+    for cn, ip in (("s4", "203.0.113.14"), ("s5", "203.0.113.15")):
+        (tmp_path / f"{cn}.pem").write_bytes(pem(make_cert(ca, f"{cn}.dmvpn.example", ips=[ip])[1]))
+    db = two_peers_behind_the_nat()
+    assert len({lk.remote_id for lk in db.links.values()}) == 2
+    auth = Authorizer({}, db, Bus(), CertStore(str(tmp_path)).load(), policy="gre-ip-in-cert-san")
+    got = auth.authorize(None, NAT, gre)
+    assert (got["decision"], got["code"]) == ("reject", "ambiguous-peer")
+    assert f"2 peers share NBMA {NAT}" in got["reason"]
+    assert "CN=s4.dmvpn.example" in got["reason"] and "CN=s5.dmvpn.example" in got["reason"]
+    assert "is not in the subjectAltNames" in got["reason"]
+    # a policy every peer there satisfies is no wrong authorization
+    auth_any = Authorizer({}, db, Bus(), None, policy="any-authenticated")
+    assert auth_any.authorize(None, NAT, gre)["decision"] == "accept"
+    # one peer alone behind the address: its own certificate decides, as before
+    del db.links[next(k for k, lk in db.links.items() if lk.remote_id.endswith("CN=s5.dmvpn.example"))]
+    alone = auth.authorize(None, NAT, gre)
+    assert alone["decision"] == ("accept" if gre.endswith(".14") else "reject")
+    assert alone["code"] != "ambiguous-peer"
