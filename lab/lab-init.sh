@@ -86,8 +86,8 @@ main() {
   /sbin/modprobe -d /tmp/modroot -a esp4 xfrm_user ip_gre veth bridge authenc gcm ghash_generic \
      ctr seqiv echainiv hmac sha256_generic sha512_generic drbg jitterentropy_rng \
      nfnetlink nfnetlink_log x_tables xt_NFLOG xt_hashlimit ip_tables iptable_filter \
-     nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE \
-     || echo "MODPROBE-FAIL"
+     nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE nf_conntrack_netlink 2>/tmp/modprobe.err \
+     || echo "MODPROBE-FAIL: $(tr '\n' ' ' < /tmp/modprobe.err)"
   echo > /proc/sys/kernel/modprobe
   echo "T modules-loaded $(up)"
   ip link add br0 type bridge; ip link set br0 up

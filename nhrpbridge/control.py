@@ -52,6 +52,8 @@ SHORTCUT_YIELD = 3.0       # see _yield_to_peer
 KEEP_FIRST = 2.0           # a kept link that went down: first attempt after this
 REPLACE_FIRST = 0.5        # ... whose last Child SA ended (held): pluto may replace it at once
 RECONCILE_GRACE = 10.0     # see sadb.Reconcile: whack lags the updown hook
+TERMINATE_CONFIRM = 8.0    # see _force_gone
+RECHECK_HELD = 1.0         # see _recheck_held
 
 
 class PlutoController(Initiating):
@@ -88,6 +90,8 @@ class PlutoController(Initiating):
         self.slots = asyncio.Semaphore(parallel)
         self.accept_wait = accept_wait
         self._states: asyncio.Task[list[PlutoState]] | None = None
+        self.terminate_confirm = TERMINATE_CONFIRM
+        self._recheck: asyncio.Task[None] | None = None
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: timeouts, per-peer modes and the libreswan version take effect now."""
@@ -185,6 +189,16 @@ class PlutoController(Initiating):
         not down: sadb rule 5): bring it back now rather than after the hold."""
         if msg.get("kind") == "replace-wait" and msg.get("remote-host"):
             self._keep_later(msg["connection"], msg["remote-host"], REPLACE_FIRST)
+        if msg.get("kind") == "replace-wait" and (self._recheck is None or self._recheck.done()):
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_held())
+
+    async def _recheck_held(self) -> None:
+        """A held link whose IKE SA is gone is down for real (the peer deleted it, or pluto
+        dropped it): without the log follower only whack says so, and the peer's nhrpd
+        re-registers only if it sees its link go down, however fast the new SA comes
+        (lab: hub's registration recovery, new SA 4.6 s later, inside the 5 s hold)."""
+        await asyncio.sleep(RECHECK_HELD)
+        await self._quiet_reconcile()
 
     # ---- links to the NHS: kept up while nhrpd wants them
 
@@ -241,6 +255,7 @@ class PlutoController(Initiating):
             self.release(conn, check_ip(remote) if remote is not None else None)
         await self.detect_version()
         calls: list[list[str]] = []
+        serials: list[int] = []
         if ike_id is not None:
             ike = self.db.ike_sas.get(ike_id)
             if ike is None or ike.connection != conn:
@@ -252,6 +267,7 @@ class PlutoController(Initiating):
                     raise ControlError(f"IKE SA {ike_id} has no pluto serial yet",
                                        ErrorCode.UNKNOWN_SA)
             calls.append(self.whack.delete_ike(ike.serial))
+            serials.append(ike.serial)
         elif remote is not None:
             remote = check_ip(remote)
             name = per_peer_name(conn, remote)
@@ -260,14 +276,49 @@ class PlutoController(Initiating):
             for s in await self.states():
                 if s.peer == remote and not s.is_child and s.conn != name:
                     calls.append(self.whack.delete_ike(s.serial))
+                    serials.append(s.serial)
         else:
             calls.append(self.whack.terminate_conn(conn))
             calls += [self.whack.terminate_conn(n) for n, p in self.per_peer.conns.items()
                       if p.profile == conn]
+        ids = dict.fromkeys(serials, "")
+        ids.update({ike.serial: ike.remote_id for ike in self.db.ike_sas.values()
+                    if ike.serial in ids})
         for argv in calls:
             await self.call(argv, " ".join(argv[2:]))
+        forced = await self._force_gone(ids) if ids else 0
         await self._quiet_reconcile()
-        return {"terminated": len(calls)}
+        return {"terminated": len(calls), **({"forced": forced} if forced else {})}
+
+    async def _force_gone(self, ids: dict[int, str]) -> int:
+        """A deleted IKE SA that pluto still has after TERMINATE_CONFIRM s is deleted by its
+        peer ID. pluto 4.10 queues a Delete behind the IKE SA's other exchanges, and a
+        queue stuck behind a lost response never moves (seen in the lab: an IKE SA kept
+        46 s, until the peer rekeyed it, and registration recovery missed that spoke)."""
+        deadline = self.clock() + self.terminate_confirm
+        while True:
+            try:
+                left = {s.serial for s in await self.states() if s.serial in ids}
+            except PlutoError:                  # pluto gone: so are its SAs
+                return 0
+            if not left:
+                return 0
+            if self.clock() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+        forced = 0
+        for peer_id in sorted({ids[n] for n in left}):
+            stuck = ", ".join(f"#{n}" for n in sorted(left) if ids[n] == peer_id)
+            if not peer_id:
+                log.warning("pluto still has IKE SA %s %.0f s after its deletion and no peer ID "
+                            "is known to delete it by", stuck, self.terminate_confirm)
+                continue
+            log.warning("pluto still has IKE SA %s of %s %.0f s after its deletion (its exchange "
+                        "queue is stuck): deleting that peer's IKE SAs at once (whack --deleteid)",
+                        stuck, peer_id, self.terminate_confirm)
+            await self.call(self.whack.delete_id(peer_id), "whack --deleteid")
+            forced += 1
+        return forced
 
     # ---- background duties
 

@@ -269,7 +269,9 @@ def pluto_view(states: list[PlutoState], traffic: list[Traffic],
            and peer_id_of(t.conn, t.remote_id)}
     ikes = []
     for s in states:
-        peer = s.peer or child_peer.get(s.serial)
+        # (and none while its Child SA is being replaced: then the hint, or the IKE SA
+        # would look gone and end the held link, sadb rule 5)
+        peer = s.peer or child_peer.get(s.serial) or peer_hint.get(s.conn)
         if s.is_child or not s.established or peer is None:
             continue
         ikes.append(IkeUp(conn_name=s.conn, connection=profile_of(s.conn, peer),
@@ -363,6 +365,13 @@ class Whack:
         """All SAs of a connection (and its instances); clears UP so nothing revives."""
         verb = "--down" if self.version[0] >= 5 else "--terminate"
         return self.whack("--name", check_conn_name(name), verb)
+
+    def delete_id(self, peer_id: str) -> list[str]:
+        """Every IKE SA whose peer ID is `peer_id`, at once: pluto sends its Delete without
+        queueing it behind an exchange (both 4.10 and 5.2), unlike `delete_ike`."""
+        if not peer_id or len(peer_id) > 1024 or not peer_id.isprintable():
+            raise PlutoError(f"invalid peer ID {peer_id!r}", ErrorCode.BAD_REQUEST)
+        return self.whack("--deleteid", "--name", peer_id)
 
     def delete_ike(self, serial: int) -> list[str]:
         """One IKE SA (and its children) by pluto serial."""

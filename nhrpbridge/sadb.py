@@ -34,7 +34,8 @@ Strategy:
   nhrpd would see its VC at zero children in between and drop the registration. So the
   end of a link's *last* Child SA is held (`held`, no event) for `hold` seconds
   (`pluto.replace-hold`, 0 = off): a new Child SA on the link ends it at once with the
-  link still up; an unroute, the IKE SA's end or `Release` after `hold` end it for real.
+  link still up; an unroute, the IKE SA's end (logged, or gone from whack) or `Release`
+  after `hold` end it for real.
 - Unique ids are small stable integers, never reused (persisted counters), as
   nhrpd and VICI `terminate ike-id=` expect.
 """
@@ -68,8 +69,6 @@ __all__ = ["SaDatabase"]
 @dataclass
 class SaDatabase(SaTables):
     """The tables plus the rules: `apply(change, now)` -> events."""
-
-    # -- the one entry point
 
     def apply(self, change: Any, now: float) -> list[Event]:
         """Converge to `change`; return the implied events (maybe none)."""
@@ -356,7 +355,8 @@ class SaDatabase(SaTables):
             # spared only if reported within the grace period; an `installed` in the
             # future (the wall clock stepped back since) does not spare it for the step
             if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
-                    and c.uniqueid not in self.held \
+                    and (c.uniqueid not in self.held or (c.ike_uniqueid not in seen_ike
+                         and getattr(self.ike_sas.get(c.ike_uniqueid), "serial", None))) \
                     and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):      # (the log may be ahead of whack too)

@@ -13,7 +13,7 @@ from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config, ConnConfig
 from nhrpbridge.control import PlutoController
 from nhrpbridge.daemon import Daemon
-from nhrpbridge.errors import ControlError
+from nhrpbridge.errors import ControlError, PlutoError
 from nhrpbridge.pluto import Result, Whack
 from nhrpbridge.sa import ChildUp
 
@@ -23,11 +23,17 @@ L, R = "198.51.100.11", "198.51.100.12"
 class RecordingWhack:
     """Stand-in runner: records every argv; answers from a table (showstates, rc...)."""
 
-    def __init__(self, showstates="", traffic="", version="Libreswan 4.10", rc=None, delay=0.0):
+    def __init__(self, showstates="", traffic="", version="Libreswan 4.10", rc=None, delay=0.0,
+                 stuck=False):
         self.calls = []
         self.showstates, self.traffic, self.version = showstates, traffic, version
         self.rc = rc or {}
         self.delay = delay
+        self.stuck = stuck          # True: --deletestate is accepted and nothing happens
+
+    def _forget(self, serial):
+        self.showstates = "".join(line for line in self.showstates.splitlines(keepends=True)
+                                  if f" #{serial}: " not in line)
 
     async def __call__(self, argv, timeout):
         self.calls.append(argv)
@@ -39,6 +45,8 @@ class RecordingWhack:
             return Result(0, self.version + "\n", "")
         if "--showstates" in argv:
             return Result(0, self.showstates, "")
+        if "--deletestate" in argv and not self.stuck:
+            self._forget(argv[argv.index("--deletestate") + 1])
         if "--trafficstatus" in argv:
             return Result(0, self.traffic, "")
         return Result(0, "", "")
@@ -189,6 +197,31 @@ def test_terminate_peer_4x_and_ike_id_maps_to_serial(tmp_path):
     asyncio.run(ctl5.detect_version())
     asyncio.run(ctl5.terminate("dmvpn"))
     assert ["ipsec", "whack", "--name", "dmvpn", "--down"] in runner.calls
+
+
+def test_an_ike_sa_pluto_keeps_after_its_deletion_is_deleted_by_peer_id(tmp_path):
+    """pluto 4.10 accepted `--deletestate` and kept the IKE SA (its Delete queued behind a
+    lost exchange); the terminate says so and deletes that peer's IKE SAs at once."""
+    runner = RecordingWhack(showstates=(DATA / "showstates-4.10.txt").read_text(),
+                            traffic=(DATA / "trafficstatus-4.10.txt").read_text(), stuck=True)
+    d, ctl = make(tmp_path, runner)
+    ctl.terminate_confirm = 0.6
+    asyncio.run(ctl.reconcile())
+    peer_id = next(i.remote_id for i in d.db.ike_sas.values() if i.serial == 1)
+    assert peer_id
+    assert asyncio.run(ctl.terminate("dmvpn", "198.51.100.11")) == {"terminated": 1, "forced": 1}
+    assert runner.named("--deleteid") == [["ipsec", "whack", "--deleteid", "--name", peer_id]]
+    runner.stuck = False                    # pluto deletes as asked: nothing forced
+    ike = next(i for i in d.db.ike_sas.values() if i.serial == 3)
+    assert asyncio.run(ctl.terminate("dmvpn", ike_id=ike.uniqueid)) == {"terminated": 1}
+    assert len(runner.named("--deleteid")) == 1
+
+
+def test_delete_by_peer_id_refuses_what_whack_would_misread():
+    with pytest.raises(PlutoError):
+        Whack().delete_id("C=XX, CN=a\nb\x00")
+    with pytest.raises(PlutoError):
+        Whack().delete_id("")
 
 
 def test_reconcile_pluto_restart_brings_every_link_down(tmp_path):

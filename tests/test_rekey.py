@@ -272,3 +272,22 @@ def test_a_child_sa_listed_under_another_ike_sa_moves_to_it():
     assert db.ike_sas[child.ike_uniqueid].serial == 4
     assert kinds(db.apply(IkeDown(1), 6.0)) == ["ike-down"]    # its Child SA is not taken
     assert db.links
+
+
+def test_a_held_child_whose_ike_sa_whack_no_longer_lists_ends_at_once():
+    """Without the log follower (the lab's spoke2) the peer's Delete of the IKE SA shows
+    only as down-hosts and an IKE SA gone from whack; a new SA 4.6 s later was inside the
+    hold, and nhrpd never saw its link go down (so it never registered again)."""
+    db = SaDatabase()                                  # the default hold: 5 s
+    db.apply(whack([(2, 0x10, 0x11)]), 0.0)            # IKE #1 and its child, from whack
+    assert db.apply(down(0x10), 50.0) == []            # held
+    ike_only = whack([(2, 0x10, 0x11)]).ike_sas        # IKE #1 still listed: a replacement
+    listed = pluto_view(parse_showstates(f'000 #1: "{CONN}":500 STATE_V2_ESTABLISHED_IKE_SA '
+                                         '(established IKE SA); newest; idle;\n'), [],
+                        {CONN: SPOKE}, {CONN: HUB})    # (the peer from the held child)
+    assert [i.serial for i in listed.ike_sas] == [i.serial for i in ike_only] == [1]
+    still = db.apply(Reconcile(listed.ike_sas, (), grace=10.0), 50.5)
+    assert still == [] and db.held                     # may come on it, as in rule 5
+    gone = Reconcile((), (), grace=10.0)               # IKE #1 gone: down for real, now
+    assert kinds(db.apply(gone, 51.0)) == ["child-down", "link-down", "ike-down"]
+    assert not db.links and not db.held
