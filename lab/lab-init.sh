@@ -84,7 +84,7 @@ main() {
   mkdir -p /tmp/modroot/lib/modules/$KV
   mount --bind /usr/lib/uml/modules/$KV /tmp/modroot/lib/modules/$KV
   /sbin/modprobe -d /tmp/modroot -a esp4 xfrm_user ip_gre veth bridge authenc gcm ghash_generic \
-     ctr seqiv echainiv hmac sha256_generic sha512_generic drbg jitterentropy_rng \
+     ctr seqiv echainiv hmac sha256_generic sha512_generic drbg \
      nfnetlink nfnetlink_log x_tables xt_NFLOG xt_hashlimit ip_tables iptable_filter \
      nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE nf_conntrack_netlink 2>/tmp/modprobe.err \
      || echo "MODPROBE-FAIL: $(tr '\n' ' ' < /tmp/modprobe.err)"
