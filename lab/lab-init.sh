@@ -461,6 +461,10 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   # policies stay, so its GRE is dropped, not sent in clear). With pluto killed alone,
   # spoke2's kernel went on sending ESP, the hub saw traffic and ran no liveness check, and
   # noticed only when its IKE SA expired (one debian12 run: 91 s)
+  # first, spoke2 must have a link to the hub to lose (one debian13 run's hub pluto crashed
+  # at the end of the whack scenario and spoke2 was not back yet when it was killed)
+  waitfor 60 sh -c "ipsec whack --rundir /tmp/lab/hub/run --trafficstatus | grep -q '198\.51\.100\.12.*type=ESP\|dmvpn-198-51-100-12.*type=ESP'" \
+    || echo "  loss: the hub has no Child SA with spoke2 before the kill"
   touch /tmp/lab/spoke2/norespawn-pluto
   LDN0=$(nblog hub | grep -c 'link-down seq=[0-9]* dmvpn 198.51.100.1 -> 198.51.100.12 ')
   PMARK3=$(( $(wc -l < $LABOUT/hub/pluto.log) + 1 ))
@@ -696,7 +700,8 @@ with urllib.request.urlopen(req, timeout=10) as r:
     read -r t _ < /proc/uptime; DT15=$(awk -v a=$t15 -v b=$t 'BEGIN{printf "%.1f", b-a}')
   else DT15="none in 90"; fi
   echo "T nat-rebind-new-nbma $(up)"
-  waitfor 60 old_gone; read -r t _ < /proc/uptime; DG15=$(awk -v a=$t15 -v b=$t 'BEGIN{printf "%.1f", b-a}')
+  [ "$DT15" = "none in 90" ] || waitfor 60 old_gone     # (not back at .21: no use waiting)
+  read -r t _ < /proc/uptime; DG15=$(awk -v a=$t15 -v b=$t 'BEGIN{printf "%.1f", b-a}')
   kill $PG15 2>/dev/null
   STALE=""
   ip -n labhub xfrm state | grep -qE '198\.51\.100\.20( |$)' && STALE="$STALE kernel-states"
@@ -704,18 +709,30 @@ with urllib.request.urlopen(req, timeout=10) as r:
   nb hub status --json 2>&1 | grep -q '"198\.51\.100\.20"' && STALE="$STALE nhrpbridge-records"
   hub_has 203.0.113.14 | grep -q '198\.51\.100\.20 ' && STALE="$STALE nhrpd-cache"
   IGN=$(grep -c 'ignoring peer endpoint change from 198.51.100.20:[0-9]* to 198.51.100.21' $LABOUT/hub/pluto.log)
-  IKE21=$(wk hub --showstates 2>&1 | grep -c '198\.51\.100\.21:[0-9]* STATE_V2_ESTABLISHED_IKE_SA')
+  # what the hub sent to the new address (the capture): pluto 4.x answers a request where it
+  # came from, whatever the IKE SA's endpoint
+  TO21=$(tcpdump -nn -r /tmp/lab/wire.pcap 'udp port 4500 and src host 198.51.100.1 and dst host 198.51.100.21' 2>/dev/null | wc -l)
+  IKE21=$(wk hub --showstates 2>&1 | grep -cE '198\.51\.100\.21:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA')
   DUPS=$(( $(dups_at_20) - DUPB )); UNANS=$(( $(s4_unanswered) - UNB ))
   C15=$(hub_has 203.0.113.14 | head -1 | cut -c1-90)
   case "$DT15" in none*) FAST=0;; *) FAST=$(awk -v d=$DT15 'BEGIN{print (d <= 30) ? 1 : 0}');; esac
-  if [ -n "$STALE" ]; then R15=FAIL; W15="$W15 still pointing at .20:$STALE;"
+  if [ -n "$STALE" ] && [ "${PV%%.*}" = 4 ] && [ "$TO21" -ge 1 ] && [ "$UNANS" = 0 ] && [ "$DT15" = "none in 90" ]; then
+    R15=XFAIL; W15="$W15 libreswan $PV: the hub's pluto answered spoke4's new requests at .21 ($TO21 frames to .21 in the capture), so spoke4's IKE SA lived on, while the hub's IKE SA endpoint, kernel SAs and Child SAs stayed at .20 (libreswan issue 1645): stuck at .20:$STALE;"
+  elif [ -n "$STALE" ]; then R15=FAIL; W15="$W15 still pointing at .20:$STALE;"
   elif [ $FAST = 1 ]; then R15=PASS
   elif [ "$DT15" = "none in 90" ]; then R15=FAIL; W15="$W15 spoke4 not back at .21 in 90 s;"
-  elif [ "$UNANS" -ge 1 ] && [ "$IGN" -ge 1 ]; then R15=XFAIL; W15="$W15 libreswan 5.x (no MOBIKE): the hub's pluto ignored the endpoint change, its answers went to .20, spoke4's IKE SA to the hub died unanswered, and a new one from .21 replaced it;"
-  elif [ "$UNANS" -ge 1 ] && [ "$DUPS" -ge 1 ]; then R15=XFAIL; W15="$W15 libreswan 4.x: the hub's pluto answered spoke4's retransmitted requests $DUPS times at .20 (the IKE SA's endpoint moves only with a new exchange), spoke4's IKE SA to the hub died unanswered, and a new one from .21 replaced it;"
+  elif [ "$UNANS" -ge 1 ] && [ "$IGN" -ge 1 ]; then R15=XFAIL; W15="$W15 libreswan $PV (no MOBIKE): the hub's pluto ignored the endpoint change, its answers went to .20, spoke4's IKE SA to the hub died unanswered, and a new one from .21 replaced it;"
+  elif [ "$UNANS" -ge 1 ] && [ "$DUPS" -ge 1 ]; then R15=XFAIL; W15="$W15 libreswan $PV: the hub's pluto answered spoke4's retransmitted requests $DUPS times at .20 (a retransmitted answer goes to the IKE SA's endpoint, which a retransmission does not move), spoke4's IKE SA to the hub died unanswered, and a new one from .21 replaced it;"
   else R15=FAIL; W15="$W15 slower than 30 s without a libreswan cause shown;"; fi
   echo "T nat-rebind-done $(up)"
-  scenario nat-rebind $R15 "NAT address 198.51.100.20 -> .21: hub's cache at .21 after $DT15 s ('$C15'); nothing at .20 after $DG15 s (still at .20:${STALE:- none}); hub pluto: 'ignoring peer endpoint change' x$IGN, retransmitted answers at .20 x$DUPS, IKE SAs at .21 $IKE21; spoke4 pluto: requests to the hub unanswered x$UNANS;$W15"
+  scenario nat-rebind $R15 "NAT address 198.51.100.20 -> .21: hub's cache at .21 after $DT15 s ('$C15'); nothing at .20 after $DG15 s (still at .20:${STALE:- none}); hub pluto: 'ignoring peer endpoint change' x$IGN, retransmitted answers at .20 x$DUPS, IKE SAs at .21 $IKE21, frames to .21 $TO21; spoke4 pluto: requests to the hub unanswered x$UNANS;$W15"
+  # the next scenario needs spoke4 at .21: a hub stuck at .20 lets go of it (the operator's
+  # remedy), and spoke4, answered no more, comes back from .21 by its liveness check
+  if [ -n "$STALE" ]; then
+    echo "  nat-rebind clean-up: hub terminate dmvpn 198.51.100.20: $(nb hub terminate dmvpn 198.51.100.20 --json 2>&1 | cut -c1-120)"
+    waitfor 90 hub_nbma_is 203.0.113.14 198.51.100.21 || echo "  nat-rebind clean-up: spoke4 not back at .21 in 90 s"
+    echo "T nat-rebind-cleaned $(up)"
+  fi
 
   # ---- 17. nat-shared: spoke5 joins spoke4 behind the NAT's one address (.21) ----------
   # nhrpd keys its peers by NBMA address, so two spokes behind one address are one peer to
@@ -732,14 +749,14 @@ with urllib.request.urlopen(req, timeout=10) as r:
   waitfor 20 wk spoke5 --globalstatus || W16="$W16 spoke5's pluto slow to start;"
   start_stack spoke5; wait $!
   NODES="$NODES spoke5"
-  waitfor 60 sh -c "[ \$(ipsec whack --rundir /tmp/lab/hub/run --showstates | grep -c '198\.51\.100\.21:[0-9]* STATE_V2_ESTABLISHED_IKE_SA') -ge 2 ]" \
+  waitfor 60 sh -c "[ \$(ipsec whack --rundir /tmp/lab/hub/run --showstates | grep -cE '198\.51\.100\.21:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA') -ge 2 ]" \
     || { R16=FAIL; W16="$W16 the hub has not two IKE SAs at .21;"; }
   # what nhrpd does next: spoke5 registers (rejected or not); give it one registration round
   waitfor 60 sh -c "[ \$(grep -c 'binding-[a-z]*: GRE 203\.0\.113\.15 from NBMA 198\.51\.100\.21 ' $LABOUT/hub/nhrpbridge.log) -ge 1 ]" \
     || W16="$W16 no binding asked for spoke5 in 60 s;"
   P5=0; P4=0; for k in 1 2 3 4 5 6 7 8 9 10; do ping_ok spoke5 203.0.113.1 && P5=$((P5+1)); ping_ok spoke4 203.0.113.1 && P4=$((P4+1)); done
   echo "T nat-shared-done $(up)"
-  PORTS=$(wk hub --showstates 2>&1 | grep -o '198\.51\.100\.21:[0-9]* STATE_V2_ESTABLISHED_IKE_SA' | cut -d' ' -f1 | sort -u | tr '\n' ' ')
+  PORTS=$(wk hub --showstates 2>&1 | grep -oE '198\.51\.100\.21:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA' | cut -d' ' -f1 | sort -u | tr '\n' ' ')
   LINKS=$(nb hub status --json 2>&1 | grep -o '"remote-host": "198\.51\.100\.21", "remote-id": "[^"]*", "up": true' | grep -o 'CN=[a-z0-9]*' | sort -u | tr '\n' ' ')
   KIDS=$(wk hub --trafficstatus 2>&1 | grep '198\.51\.100\.21' | grep -c 'type=ESP')
   RJ=$(( $(nblog hub | grep -c 'binding-rejected: .* from NBMA 198\.51\.100\.21 ') - RJ0 ))
@@ -759,6 +776,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
   scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
 
   # ---- shut down --------------------------------------------------------------------
+  # pluto starts per node (the lab kills spoke1's and spoke2's on purpose; any other
+  # restart is a crash, kept in pluto.stdout)
+  echo "PLUTO-STARTS: $(for n in $NODES; do printf '%s=%s ' $n $(grep -c 'Starting Pluto' $LABOUT/$n/pluto.log); done)"
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run
   ps -eo pid,time,etime,args --sort=-time | cut -c1-170 | head -30 > $LABOUT/ps-cpu.txt
   awk -v up="$(up)" '$1 == "cpu" {printf "GUEST-CPU over %.0f s: user %.0f s, system %.0f s, idle %.0f s\n", up, $2/100, $4/100, $5/100}' /proc/stat | tee -a $LABOUT/ps-cpu.txt
