@@ -23,13 +23,14 @@ import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .bus import Bus
 from .certs import CertInfo, CertStore, Revoked, nss_cert_der, parse_dn
 from .config import Config, ConnConfig
 from .policy import Decision, decide
-from .sa import IkeSa
+from .sa import IkeSa, Link
 from .sadb import SaDatabase
 from .wire import Certs
 
@@ -38,6 +39,18 @@ __all__ = ["Authorizer"]
 log = logging.getLogger("nhrpbridge.authorize")
 LOCAL_CERT_TTL = 300.0
 LAST_DECISIONS = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """One link's answer to a binding question."""
+
+    link: Link | None
+    ike: IkeSa | None
+    peer_id: str
+    decision: Decision
+    policy: str
+    cert: CertInfo | None
 
 
 class Authorizer:
@@ -149,39 +162,34 @@ class Authorizer:
         peers share it (two links, two IDs): nhrpd cannot say which one registered, so
         the binding is accepted only if every one of them may claim the address; one
         peer's certificate never vouches for another."""
-        db = self.db
-        links = [lk for lk in db.links.values() if lk.remote_host == remote_nbma and lk.up
+        links = [lk for lk in self.db.links.values() if lk.remote_host == remote_nbma and lk.up
                  and (local_nbma is None or lk.local_host == local_nbma)
                  and (connection is None or lk.connection == connection)]
-        candidates = [self._decide(lk.connection, lk, gre_address) for lk in links] \
-            or [self._decide(connection or "", None, gre_address)]
-        peers = {c[2] for c in candidates}
-        link, ike, _pid, decision, policy, cert = candidates[0]
-        if len(peers) > 1:
-            names = ", ".join(sorted(p or "(no id)" for p in peers))
-            refused = [c for c in candidates if not c[3].accept]
-            if refused:
-                link, ike, _pid, decision, policy, cert = refused[0]
-                decision = Decision(False, f"{len(peers)} peers share NBMA {remote_nbma} "
-                                    f"({names}) and nhrpd does not say which one registered; "
-                                    f"{refused[0][2] or '(no id)'}: {decision.reason}", "ambiguous-peer")
-            else:
-                decision = Decision(True, f"every peer sharing NBMA {remote_nbma} ({names}) "
-                                    f"may claim it: {decision.reason}", decision.code)
-        if remote_cert_der and cert is None:
-            note = " (nhrpd sent a certificate we do not hold for this peer: ignored)"
-        else:
-            note = ""
-        conn = link.connection if link else (connection or "")
+        judged = [self._judge(lk.connection, lk, gre_address) for lk in links] \
+            or [self._judge(connection or "", None, gre_address)]
+        peers = sorted({j.peer_id or "(no id)" for j in judged})
+        first = next((j for j in judged if not j.decision.accept), judged[0])
+        decision = first.decision
+        if len(peers) > 1 and not decision.accept:
+            decision = Decision(False, f"{len(peers)} peers share NBMA {remote_nbma} "
+                                f"({', '.join(peers)}) and nhrpd does not say which one "
+                                f"registered; {first.peer_id or '(no id)'}: {decision.reason}",
+                                "ambiguous-peer")
+        elif len(peers) > 1:
+            decision = Decision(True, f"every peer sharing NBMA {remote_nbma} "
+                                f"({', '.join(peers)}) may claim it: {decision.reason}", decision.code)
+        note = (" (nhrpd sent a certificate we do not hold for this peer: ignored)"
+                if remote_cert_der and first.cert is None else "")
+        link, ike = first.link, first.ike
         return {"decision": decision.result, "accept": decision.accept,
-                "code": decision.code, "reason": decision.reason + note, "policy": policy, "connection": conn,
+                "code": decision.code, "reason": decision.reason + note, "policy": first.policy,
+                "connection": link.connection if link else (connection or ""),
                 "remote-nbma": remote_nbma, "local-nbma": local_nbma or (link.local_host if link else None),
                 "gre-address": gre_address, "peer-id": ike.remote_id if ike else None,
-                "cert-source": "store" if cert else None}
+                "cert-source": "store" if first.cert else None}
 
-    def _decide(self, conn: str, link: Any, gre_address: str
-                ) -> tuple[Any, IkeSa | None, str, Decision, str, CertInfo | None]:
-        """(link, its IKE SA, peer ID, decision, policy, certificate) for one link."""
+    def _judge(self, conn: str, link: Link | None, gre_address: str) -> _Judged:
+        """The decision for one link (None: no link, which `decide` refuses)."""
         db = self.db
         ike = None
         if link is not None:
@@ -200,7 +208,7 @@ class Authorizer:
             policy, gre_address, has_child_sa=link is not None, peer_id=peer_id,
             cert=cert, expected_issuer=issuer, allowed_prefixes=prefixes,
             revoked=self.store.revocation(cert) if self.store else None)
-        return link, ike, peer_id, decision, policy, cert
+        return _Judged(link, ike, peer_id, decision, policy, cert)
 
     def record(self, result: dict[str, Any], dry_run: bool = False) -> None:
         kind = "binding-accepted" if result["accept"] else "binding-rejected"
