@@ -195,6 +195,8 @@ class Authorizer:
         if link is not None:
             kids = [db.child_sas[c] for c in link.children if c in db.child_sas]
             ike = db.ike_sas.get(kids[-1].ike_uniqueid) if kids else None
+            if not link.remote_id and ike is not None and ike.remote_id:
+                ike = None      # a guess among peers behind one address (sadb): no vouching
         policy, prefixes = self.policy_for(conn)
         cert = self.peer_cert(ike)
         issuer = None

@@ -141,13 +141,10 @@ class SaDatabase(SaTables):
                       and (not up.remote_id or i.remote_id in ("", up.remote_id))]
         if candidates:
             ike = max(candidates, key=lambda i: (i.serial or 0, i.uniqueid))
-            fill: dict[str, Any] = {}
-            if not ike.local_host:
-                fill["local_host"] = up.local_host
-            if not ike.remote_id and up.remote_id:
-                fill["remote_id"] = up.remote_id
-            if not ike.local_id and up.local_id:
-                fill["local_id"] = up.local_id
+            # peers behind one address: a guess whose ID the Child SA must not take
+            self._guessed = len({i.remote_id for i in candidates} - {''}) > 1 and not up.remote_id
+            fill: dict[str, Any] = {k: getattr(up, k) for k in ("local_host", "remote_id", "local_id")
+                                    if getattr(up, k) and not getattr(ike, k)}
             if fill:
                 old, ike = ike, replace(ike, **fill)
                 self._set_ike(old, ike)
@@ -197,8 +194,9 @@ class SaDatabase(SaTables):
                     and up.remote_id in ("", parent.remote_id):
                 self._relink(found, parent.remote_id)   # a NAT conn's child, first guessed
             return
+        self._guessed = False
         ike = self._ike_for_child(up)
-        remote_id = up.remote_id or ike.remote_id
+        remote_id = up.remote_id or ("" if self._guessed else ike.remote_id)
         child = ChildSa(
             uniqueid=self.next_child_id, ike_uniqueid=ike.uniqueid, connection=up.connection,
             conn_name=up.conn_name, local_host=up.local_host or ike.local_host,

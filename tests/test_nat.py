@@ -227,3 +227,26 @@ def test_two_peers_behind_one_address_never_vouch_for_each_other(tmp_path, gre):
     alone = auth.authorize(None, NAT, gre)
     assert alone["decision"] == ("accept" if gre.endswith(".14") else "reject")
     assert alone["code"] != "ambiguous-peer"
+
+
+def test_a_hook_alone_never_lends_one_peers_identity_to_anothers_child_sa(tmp_path):
+    """The hook for a NAT conn's Child SA names no ID; with two peers' IKE SAs at that
+    address the database does not guess one (the link has no ID until the log's `using #N`
+    says), and authorization vouches for nobody meanwhile."""
+    other = IKE4.replace("#3:", "#5:").replace("CN=s4.", "CN=s5.").replace('"[2]', '"[3]')
+    db = SaDatabase(hold=0)
+    for change in log_changes(IKE4, other):
+        db.apply(change, 0.0)
+    db.apply(parse_updown_env(HOOK), 1.0)
+    (link,) = db.links.values()
+    assert link.remote_id == ""
+    ca = make_ca()
+    (tmp_path / "s5.pem").write_bytes(pem(make_cert(ca, "s5.dmvpn.example", ips=["203.0.113.14"])[1]))
+    auth = Authorizer({}, db, Bus(), CertStore(str(tmp_path)).load(), policy="gre-ip-in-cert-san")
+    assert auth.authorize(None, NAT, "203.0.113.14")["decision"] == "reject"
+    interp = LogInterpreter()
+    for line in (IKE4, other, CHILD4):
+        for change in interp.feed(parse_line(line)):
+            db.apply(change, 2.0)
+    (link,) = db.links.values()
+    assert link.remote_id == S4
