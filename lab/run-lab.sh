@@ -150,7 +150,7 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
   wait $upid 2>/dev/null || true
   t1=$(date +%s.%N)
   WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
-  grep -E '^FLAVOUR |^RENDER |checkconfig|^T |^GUEST-CPU |^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
+  grep -E '^FLAVOUR |^RENDER |checkconfig|^T |^GUEST-CPU |^PLUTO-STARTS|^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
   grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk -v f="$fl" '{print f, $2, $3}' | tr -d ':' >> "$SUMMARY" || true
   if grep -q 'LAB-RESULT: PASS' "$OUT/guest-console.log" 2>/dev/null; then RUN_OK=1; else RUN_OK=0; fi
   # why a run failed, for the end of the output (CI shows only its tail)
