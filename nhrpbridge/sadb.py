@@ -131,28 +131,29 @@ class SaDatabase(SaTables):
         self._emit("ike-up", ike_sa=ike)
         return ike
 
-    def _ike_for_child(self, up: ChildUp) -> IkeSa:
+    def _ike_for_child(self, up: ChildUp) -> tuple[IkeSa, bool]:
+        """The Child SA's IKE SA, and whether it is a guess among two peers' IKE SAs at
+        one address (behind one NAT), whose ID the Child SA must then not take."""
         if up.ike_serial is not None:
             ike = self.ike_by_serial(up.ike_serial)
             if ike is not None:
-                return ike
+                return ike, False
         candidates = [i for i in self._ikes_of_peer(up.connection, up.remote_host)
                       if i.local_host in ("", up.local_host)
                       and (not up.remote_id or i.remote_id in ("", up.remote_id))]
         if candidates:
             ike = max(candidates, key=lambda i: (i.serial or 0, i.uniqueid))
-            # peers behind one address: a guess whose ID the Child SA must not take
-            self._guessed = len({i.remote_id for i in candidates} - {''}) > 1 and not up.remote_id
+            guessed = len({i.remote_id for i in candidates} - {""}) > 1 and not up.remote_id
             fill: dict[str, Any] = {k: getattr(up, k) for k in ("local_host", "remote_id", "local_id")
                                     if getattr(up, k) and not getattr(ike, k)}
             if fill:
                 old, ike = ike, replace(ike, **fill)
                 self._set_ike(old, ike)
-            return ike
+            return ike, guessed
         return self._new_ike(connection=up.connection, conn_name=up.conn_name,
                              local_host=up.local_host, remote_host=up.remote_host,
                              local_id=up.local_id, remote_id=up.remote_id,
-                             serial=up.ike_serial, inferred=up.ike_serial is None)
+                             serial=up.ike_serial, inferred=up.ike_serial is None), False
 
     def annotates(self, change: Any) -> bool:
         """Would `change` only add facts to an SA we already hold (never create, remove or
@@ -194,9 +195,8 @@ class SaDatabase(SaTables):
                     and up.remote_id in ("", parent.remote_id):
                 self._relink(found, parent.remote_id)   # a NAT conn's child, first guessed
             return
-        self._guessed = False
-        ike = self._ike_for_child(up)
-        remote_id = up.remote_id or ("" if self._guessed else ike.remote_id)
+        ike, guessed = self._ike_for_child(up)
+        remote_id = up.remote_id or ("" if guessed else ike.remote_id)
         child = ChildSa(
             uniqueid=self.next_child_id, ike_uniqueid=ike.uniqueid, connection=up.connection,
             conn_name=up.conn_name, local_host=up.local_host or ike.local_host,
