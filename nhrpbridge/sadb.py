@@ -350,12 +350,14 @@ class SaDatabase(SaTables):
             if c is not None:
                 seen_child.add(c.uniqueid)
         for c in list(self.child_sas.values()):
-            # spared only if reported within the grace period; an `installed` in the
-            # future (the wall clock stepped back since) does not spare it for the step
-            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas \
-                    and (c.uniqueid not in self.held or (c.ike_uniqueid not in seen_ike
-                         and getattr(self.ike_sas.get(c.ike_uniqueid), "serial", None))) \
-                    and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
+            # spared if reported within the grace (not for a clock stepped back); a held one
+            # ends for real once its IKE SA, known to whack and past its grace, is gone
+            ike = self.ike_sas.get(c.ike_uniqueid)
+            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas and (
+                    ike is not None and bool(ike.serial) and ike.uniqueid not in seen_ike
+                    and not 0 <= self._now - max(ike.established, ike.rekeyed) < rc.grace
+                    if c.uniqueid in self.held
+                    else not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace):
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):      # (the log may be ahead of whack too)
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \

@@ -291,3 +291,15 @@ def test_a_held_child_whose_ike_sa_whack_no_longer_lists_ends_at_once():
     gone = Reconcile((), (), grace=10.0)               # IKE #1 gone: down for real, now
     assert kinds(db.apply(gone, 51.0)) == ["child-down", "link-down", "ike-down"]
     assert not db.links and not db.held
+
+
+def test_a_held_child_rekeyed_moments_ago_still_ends_when_its_ike_sa_is_gone():
+    """The debian13 lab: spoke2's Child SA had been rekeyed 4 s before the hub deleted the
+    IKE SA, so the reconciliation's grace for young Child SAs kept the held link up (and
+    spoke2's nhrpd never registered again). The grace is for the IKE SA's age then."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 0.0)            # IKE #1, known for a long time
+    db.apply(whack([(3, 0x20, 0x21)]), 46.0)           # its Child SA rekeyed (seen by whack)
+    assert db.apply(down(0x20), 50.0) == []            # held
+    assert kinds(db.apply(Reconcile((), (), grace=10.0), 51.0)) == [
+        "child-down", "link-down", "ike-down"]
