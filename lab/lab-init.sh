@@ -114,6 +114,9 @@ main() {
       ip link add v-$n type veth peer name eth0 netns lab$n
       ip link set v-$n master br0 up
       ip -n lab$n addr add 198.51.100.$o/24 dev eth0; ip -n lab$n link set eth0 up
+      # spoke1's address is dynamic (nbma: auto -> left=%defaultroute): a default route,
+      # as DHCP would give it (scenario underlay-change moves the address)
+      [ $n = spoke1 ] && ip -n lab$n route add default via 198.51.100.1
     fi
     # bound to eth0, or zebra sets gre1 admin-down (seen with FRR 8.4)
     ip -n lab$n tunnel add gre1 mode gre key 42 ttl 64 dev eth0
@@ -780,6 +783,49 @@ with urllib.request.urlopen(req, timeout=10) as r:
   elif [ "$AMB" -ge 1 ]; then R16=XFAIL; W16="$W16 nhrpd keys peers by NBMA address (FRR issue 8308): it asked for both spokes' bindings at one address, and nhrpbridge, unable to tell which peer sent them, rejected them;"
   else R16=FAIL; W16="$W16 not both registered and no ambiguity shown;"; fi
   scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
+
+  # ---- 18. underlay-change: spoke1's address changes as DHCP would do it ------------------
+  # spoke1 runs with `nbma: auto`. nhrpd sees the new tunnel source address and asks to
+  # initiate from it (my-host); nhrpbridge makes pluto listen on it and re-adds the conns.
+  # PASS: the hub's cache has spoke1 at the new NBMA, SAs between the hub and .31 carry
+  # the pings, and nothing is left at .11 on the hub (pluto, kernel, nhrpbridge, nhrpd).
+  echo "T underlay-change-start $(up)"
+  R18=PASS; W18=""
+  MV0=$(nblog spoke1 | grep -c 'local NBMA address .* -> 198\.51\.100\.31')
+  read -r t18 _ < /proc/uptime
+  # a new lease: the old address goes (with the default route through it), the new comes
+  ip -n labspoke1 addr del 198.51.100.11/24 dev eth0
+  ip -n labspoke1 addr add 198.51.100.31/24 dev eth0
+  ip -n labspoke1 route add default via 198.51.100.1
+  if waitfor 90 hub_nbma_is 203.0.113.11 198.51.100.31; then
+    read -r t _ < /proc/uptime; DT18=$(awk -v a=$t18 -v b=$t 'BEGIN{printf "%.1f", b-a}')
+  else DT18="none in 90"; R18=FAIL; W18="$W18 spoke1 not in the hub's cache at .31 in 90 s;"; fi
+  echo "T underlay-change-new-nbma $(up)"
+  gone11() { ! ip -n labhub xfrm state | grep -qE '198\.51\.100\.11( |$)' &&
+    ! wk hub --showstates 2>&1 | grep -q '198\.51\.100\.11:' &&
+    ! nb hub status --json 2>&1 | grep -q '"198\.51\.100\.11"' &&
+    ! vt hub 'show ip nhrp cache' | grep -q ' 198\.51\.100\.11 '; }
+  waitfor 60 gone11
+  read -r t _ < /proc/uptime; DG18=$(awk -v a=$t18 -v b=$t 'BEGIN{printf "%.1f", b-a}')
+  ST18=""
+  ip -n labhub xfrm state | grep -qE '198\.51\.100\.11( |$)' && ST18="$ST18 kernel-states"
+  wk hub --showstates 2>&1 | grep -q '198\.51\.100\.11:' && ST18="$ST18 pluto-states"
+  nb hub status --json 2>&1 | grep -q '"198\.51\.100\.11"' && ST18="$ST18 nhrpbridge-records"
+  vt hub 'show ip nhrp cache' | grep -q ' 198\.51\.100\.11 ' && ST18="$ST18 nhrpd-cache"
+  [ -n "$ST18" ] && { R18=FAIL; W18="$W18 still at .11:$ST18;"; }
+  P18=0; for k in 1 2 3 4 5 6 7 8 9 10; do ping_ok spoke1 203.0.113.1 && P18=$((P18+1)); done
+  [ $P18 -ge 9 ] || { R18=FAIL; W18="$W18 pings to the hub $P18/10;"; }
+  # the SAs that carry it: ESP between the hub and .31 in the hub's kernel
+  X31=$(ip -n labhub xfrm state | grep -cE '^src 198\.51\.100\.(1 dst 198\.51\.100\.31|31 dst 198\.51\.100\.1)$')
+  [ "$X31" -ge 2 ] || { R18=FAIL; W18="$W18 hub kernel SAs with .31: $X31;"; }
+  IK31=$(wk hub --showstates 2>&1 | grep -cE '198\.51\.100\.31:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA')
+  MV=$(( $(nblog spoke1 | grep -c 'local NBMA address .* -> 198\.51\.100\.31') - MV0 ))
+  [ "$MV" -ge 1 ] || { R18=FAIL; W18="$W18 spoke1's nhrpbridge never saw the address move;"; }
+  ML=$(nblog spoke1 | grep 'local NBMA address .* -> 198\.51\.100\.31' | tail -1 | sed 's/.*local NBMA/local NBMA/' | cut -c1-110)
+  PP=$(grep -c 'left=198\.51\.100\.31' /tmp/lab/spoke1/nb/peers.conf)
+  C18=$(hub_has 203.0.113.11 | head -1 | cut -c1-80)
+  echo "T underlay-change-done $(up)"
+  scenario underlay-change $R18 "spoke1 eth0 198.51.100.11 -> .31 (nbma: auto): hub's cache at .31 after $DT18 s ('$C18'); nothing at .11 after $DG18 s (still:${ST18:- none}); hub IKE SAs at .31 $IK31, kernel SAs with .31 $X31; pings to the hub $P18/10; spoke1 nhrpbridge: '$ML'; per-peer conns with left=.31: $PP;$W18"
 
   # ---- shut down --------------------------------------------------------------------
   # pluto starts per node (the lab kills spoke1's and spoke2's on purpose; any other

@@ -121,7 +121,7 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
   cp -a "$ROOT/nhrpbridge" "$ROOT/hooks" "$ROOT/templates" "$ROOT/lab" "$ROOT/setup.cfg" "$OUT/src/"
   "$PY" "$HERE/mkpki.py" "$OUT/pki" hub:203.0.113.1 spoke1:203.0.113.11 spoke2:203.0.113.12 \
     spoke3:203.0.113.13:203.0.113.99 spoke4:203.0.113.14 spoke5:203.0.113.15
-  for spec in hub:hub:198.51.100.1:203.0.113.1 spoke1:spoke:198.51.100.11:203.0.113.11 \
+  for spec in hub:hub:198.51.100.1:203.0.113.1 spoke1:spoke:auto:203.0.113.11 \
               spoke2:spoke:198.51.100.12:203.0.113.12 spoke3:spoke:198.51.100.13:203.0.113.13 \
               spoke4:spoke:192.0.2.14:203.0.113.14 spoke5:spoke:192.0.2.15:203.0.113.15; do
     IFS=: read -r n role nbma gre <<<"$spec"
@@ -181,7 +181,7 @@ done
 echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
 for fl in $FLAVOURS; do
   echo "  $fl: wall times $(awk -v f=$fl '$1==f {printf "%ss ", $2}' "$WALLS")"
-  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey nat nat-rebind nat-shared; do
+  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey nat nat-rebind nat-shared underlay-change; do
     p=$(grep -c "^$fl $s PASS" "$SUMMARY" || true); x=$(grep -c "^$fl $s XFAIL" "$SUMMARY" || true)
     printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
   done

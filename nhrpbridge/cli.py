@@ -306,7 +306,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             outputs.append((args.secrets, render_secrets(cfg, args.templates), 0o600))
         if args.check and cfg.node is not None:
             problems = check_ipsec(ipsec_text, cfg.node.profile, args.ipsec_cmd or cfg.ipsec,
-                                   args.templates)
+                                   args.templates, dynamic=cfg.node.nbma == "auto")
             if problems:
                 for p in problems:
                     print(f"{args.config}: ipsec addconn --checkconfig: {p}", file=sys.stderr)

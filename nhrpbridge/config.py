@@ -45,7 +45,7 @@ class NodeConfig:
     """What `nhrpbridge render` needs to write ipsec.conf and the FRR interface."""
 
     role: str = ""                       # hub | spoke
-    nbma: str = ""                       # local NBMA address (left=)
+    nbma: str = ""                       # local NBMA address (left=), or "auto" (dynamic)
     underlay: str = "eth0"               # tunnel source interface
     profile: str = "dmvpn"               # conn name = nhrpd vici profile
     gre_interface: str = "gre1"
@@ -260,7 +260,7 @@ def _prefixes(col: F.Collector, node: yaml.Node, fld: str) -> dict[str, tuple[st
 # ---- node: what render needs -------------------------------------------------------
 
 NODE_SPEC: dict[str, tuple[str, Callable[[yaml.Node], Any]]] = {
-    "role": ("role", F.choice("hub", "spoke")), "nbma": ("nbma", F.ip),
+    "role": ("role", F.choice("hub", "spoke")), "nbma": ("nbma", F.ip_or_auto),
     "underlay": ("underlay", F.ifname), "profile": ("profile", F.conn_name),
     "nhs": ("nhs", F.ip_list), "hook": ("hook", F.path),
     "ike": ("ike", F.str_), "esp": ("esp", F.str_),
@@ -300,7 +300,7 @@ def _walk_node(col: F.Collector, node: yaml.Node, key: yaml.Node) -> NodeConfig 
     if "role" not in present:
         col.add(line, "node.role", "missing: hub or spoke")
     if "nbma" not in present:
-        col.add(line, "node.nbma", "missing: this node's NBMA (underlay) address")
+        col.add(line, "node.nbma", "missing: this node's NBMA (underlay) address, or auto")
     if "gre.address" not in present:
         col.add(line, "node.gre.address", "missing: this node's GRE (overlay) address")
     if cfg.role == "spoke" and not cfg.nhs:

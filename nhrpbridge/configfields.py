@@ -100,6 +100,16 @@ def ip(node: yaml.Node) -> str:
         raise ValueError(f"{text!r} is not an IP address") from None
 
 
+def ip_or_auto(node: yaml.Node) -> str:
+    """An IP address, or `auto`: whatever address the underlay has now (DHCP, PPPoE)."""
+    if str_(node) == "auto":
+        return "auto"
+    try:
+        return ip(node)
+    except ValueError:
+        raise ValueError(f"{str_(node)!r} is neither an IP address nor auto") from None
+
+
 def ip_list(node: yaml.Node) -> tuple[str, ...]:
     out = []
     for text in str_list(node):

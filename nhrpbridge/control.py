@@ -25,6 +25,7 @@ from typing import Any
 from .config import Config
 from .errors import ControlError, ErrorCode, PlutoError
 from .initiate import ACCEPT_WAIT, KEEP_MAX, PARALLEL, TRANSIENT, Initiating
+from .localnbma import LocalNbma
 from .perpeer import PerPeerConns
 from .pluto import (
     PlutoState,
@@ -81,6 +82,8 @@ class PlutoController(Initiating):
         self.waiters: list[tuple[str, str, str | None, asyncio.Future]] = []
         self.per_peer = PerPeerConns(Path(cfg.state_dir) / "peers.conf", cfg.ipsec_conf, whack,
                                      self.call, state)
+        self.local_nbma = LocalNbma(cfg.node, cfg.source, cfg.ipsec_conf, whack, self.call,
+                                    self.per_peer, state)
         self.stats = {"whack-calls": 0, "whack-failures": 0, "initiates": 0, "joined": 0,
                       "skipped-race": 0, "reconcile-changes": 0}
         self.last_reconcile = 0.0            # Unix time of the last successful one
@@ -96,6 +99,7 @@ class PlutoController(Initiating):
     def reconfigure(self, cfg: Config) -> None:
         """A reload: timeouts, per-peer modes and the libreswan version take effect now."""
         self.cfg = cfg
+        self.local_nbma.node, self.local_nbma.source = cfg.node, cfg.source
         self.version_known = cfg.libreswan_version != "auto"
         if self.version_known:
             self.whack.version = (int(cfg.libreswan_version), 0)

@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ControlError, ErrorCode, PlutoError
+from .localnbma import LocalNbma
 from .perpeer import PerPeerConns
 from .pluto import PlutoState, Result, Whack, check_conn_name, check_ip, per_peer_name
 from .sa import Link
@@ -69,6 +70,7 @@ class Initiating:
     shortcut_yield: float
     retry_first: float           # the first wait before retrying a transient failure
     per_peer: PerPeerConns
+    local_nbma: LocalNbma
     slots: asyncio.Semaphore     # PARALLEL attempts at a time
     accept_wait: float           # ACCEPT_WAIT
     stats: dict[str, int]
@@ -194,11 +196,12 @@ class Initiating:
         """One attempt per key: race check, per-peer conn, race check again, initiate."""
         self.stats["initiates"] += 1
         await self.detect_version()
-        name = per_peer_name(conn, remote) if self._per_peer(conn) else conn
-        if await self._peer_busy(conn, remote, local, name):
+        left = await self.local_nbma.left_for(local)   # before the busy check: a moved
+        name = per_peer_name(conn, remote) if self._per_peer(conn) else conn   # address
+        if await self._peer_busy(conn, remote, local, name):     # leaves stale states
             return "joined-pluto-state"
         if self._per_peer(conn):
-            await self.per_peer.ensure(conn, remote, name)
+            await self.per_peer.ensure(conn, remote, name, left)
             # addconn took 0.2-3 s in the lab: the peer's own negotiation may have
             # started meanwhile (seen: "cannot install eroute -- it is in use" and a
             # one-sided IKE delete when we went ahead); look again just before whack
@@ -212,7 +215,7 @@ class Initiating:
                 # pluto restarted and forgot our per-peer conns: add it again, once
                 log.info("pluto no longer knows %s (restarted?); adding it again", name)
                 self.per_peer.forget(name)
-                await self.per_peer.ensure(conn, remote, name)
+                await self.per_peer.ensure(conn, remote, name, left)
                 await self.call(self.whack.initiate(name), f"whack --initiate {name}")
         else:
             await self.call(self.whack.initiate(conn, remote), f"whack --initiate {conn}")

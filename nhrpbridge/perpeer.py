@@ -7,6 +7,9 @@ Strategy:
   `also=T` + `right=` when T sets right=%any: "duplicate key 'right'", hence -base.)
 - A conn is deleted after `per-peer-idle` seconds with its link down; the list is
   persisted in state.json, so a restart neither forgets nor duplicates one.
+- With a dynamic local address (`nbma: auto`) T-base has no left=, and each conn
+  carries the local address nhrpd asked for (`left=<my-host>`, see localnbma.py); a
+  conn asked from another address is replaced.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ Call = Callable[[list[str], str], Awaitable[Result]]
 class PerPeer:
     profile: str
     remote: str
+    local: str | None = None          # left= (dynamic local address), else T-base's
     down_since: float | None = None
 
 
@@ -45,21 +49,24 @@ class PerPeerConns:
 
     def saved(self) -> dict[str, list[str]]:
         """What state.json keeps."""
-        return {n: [p.profile, p.remote] for n, p in self.conns.items()}
+        return {n: [p.profile, p.remote, *([p.local] if p.local else [])]
+                for n, p in self.conns.items()}
 
     def restore(self, saved: dict[str, list[str]] | None) -> None:
-        for name, (profile, remote) in (saved or {}).items():
-            self.conns[name] = PerPeer(profile, remote)
+        for name, (profile, remote, *local) in (saved or {}).items():
+            self.conns[name] = PerPeer(profile, remote, local[0] if local else None)
         self.state["per-peer"] = self.saved()
 
     def of(self, profile: str, remote: str) -> list[PerPeer]:
         return [p for p in self.conns.values() if p.profile == profile and p.remote == remote]
 
-    async def ensure(self, profile: str, remote: str, name: str) -> None:
-        """Add `name` to peers.conf and load it into pluto (once)."""
+    async def ensure(self, profile: str, remote: str, name: str, local: str | None = None) -> None:
+        """Add `name` to peers.conf and load it into pluto (once per local address)."""
         if name in self.conns:
-            return
-        self.conns[name] = PerPeer(profile, remote)
+            if self.conns[name].local == local:
+                return
+            await self.delete(name, f"its local address is now {local}")
+        self.conns[name] = PerPeer(profile, remote, local)
         self._write()
         try:
             result = await self.call(self.whack.addconn(str(self.path), name), f"addconn {name}")
@@ -86,19 +93,24 @@ class PerPeerConns:
                 pp.down_since = now
             if now - pp.down_since < idle:
                 continue
-            try:
-                await self.call(self.whack.delete_conn(name), f"whack --delete {name}")
-            except PlutoError as exc:
-                if exc.code != ErrorCode.UNKNOWN_CONNECTION:
-                    log.warning("deleting idle per-peer conn %s: %s", name, exc)
-                    continue
-            self.forget(name)
-            log.info("per-peer conn %s deleted after %g s down", name, idle)
+            if await self.delete(name, f"after {idle:g} s down"):
+                log.info("per-peer conn %s deleted after %g s down", name, idle)
+
+    async def delete(self, name: str, why: str) -> bool:
+        """Delete `name` from pluto (its SAs with it) and forget it; False if whack failed."""
+        try:
+            await self.call(self.whack.delete_conn(name), f"whack --delete {name}")
+        except PlutoError as exc:
+            if exc.code != ErrorCode.UNKNOWN_CONNECTION:
+                log.warning("deleting per-peer conn %s (%s): %s", name, why, exc)
+                return False
+        self.forget(name)
+        return True
 
     def _write(self) -> None:
         """Rendered from templates/peer.conf.j2, the template `render` documents."""
         from .render import render_peers
-        text = render_peers(self.ipsec_conf, [(n, p.profile, p.remote)
+        text = render_peers(self.ipsec_conf, [(n, p.profile, p.remote, p.local)
                                               for n, p in sorted(self.conns.items())])
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text)

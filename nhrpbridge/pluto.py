@@ -358,6 +358,10 @@ class Whack:
         return [self.ipsec, "addconn", *(["--ctlsocket", ctl] if ctl else []),
                 "--config", config, check_conn_name(name)]
 
+    def listen(self) -> list[str]:
+        """Scan the interfaces again: open new local addresses, release the lost ones."""
+        return self.whack("--listen")
+
     def delete_conn(self, name: str) -> list[str]:
         return self.whack("--name", check_conn_name(name), "--delete")
 

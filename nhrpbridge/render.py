@@ -141,19 +141,22 @@ def render_secrets(cfg: Config, templates: str | None = None) -> str:
     return environment(templates).get_template("ipsec.secrets.j2").render(**_context(cfg))
 
 
-def render_peers(ipsec_conf: str, peers: list[tuple[str, str, str]],
+def render_peers(ipsec_conf: str, peers: list[tuple[str, str, str, str | None]],
                  templates: str | None = None) -> str:
-    """The per-peer conns file the initiate code maintains: [(name, profile, remote)]."""
-    items = [{"name": n, "profile": p, "remote": r} for n, p, r in peers]
+    """The per-peer conns file the initiate code maintains: [(name, profile, remote,
+    local)]; local (left=) only with a dynamic local address."""
+    items = [{"name": n, "profile": p, "remote": r, "local": loc} for n, p, r, loc in peers]
     tpl = environment(templates).get_template("peers.conf.j2")
     return tpl.render(ipsec_conf=ipsec_conf, peers=items)
 
 
 def check_ipsec(text: str, profile: str, ipsec: str = "ipsec",
-                templates: str | None = None) -> list[str]:
-    """Problems libreswan's parser reports for `text` (+ a sample per-peer conn)."""
+                templates: str | None = None, dynamic: bool = False) -> list[str]:
+    """Problems libreswan's parser reports for `text` (+ a sample per-peer conn, with
+    left= when the local address is dynamic)."""
     sample = environment(templates).get_template("peer.conf.j2").render(
-        name=f"{profile}-192-0-2-99", profile=profile, remote="192.0.2.99")
+        name=f"{profile}-192-0-2-99", profile=profile, remote="192.0.2.99",
+        local="192.0.2.98" if dynamic else None)
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
         f.write(text + "\n" + sample)
         path = f.name

@@ -65,7 +65,7 @@ def test_check_reports_libreswans_message_even_when_it_exits_0(tmp_path):
     ("node:\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n    method: psk\n"
      "    psk: x\n", ":1: node.role: missing: hub or spoke"),
     ("node:\n  role: hub\n  nbma: 198.51.100.300\n  gre:\n    address: 203.0.113.1\n",
-     ":3: node.nbma: '198.51.100.300' is not an IP address"),
+     ":3: node.nbma: '198.51.100.300' is neither an IP address nor auto"),
     ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    address: 203.0.113.1\n  auth:\n"
      "    cert: hub\n    peer-id: \"CN=a\\nCN=b\"\n", ":8: node.auth.peer-id: must not contain a newline"),
     ("node:\n  role: hub\n  nbma: 198.51.100.1\n  gre:\n    adress: 203.0.113.1\n",
@@ -132,11 +132,31 @@ def test_only_the_nat_conn_accepts_any_id_and_any_selector():
 
 
 def test_per_peer_stanza_comes_from_the_same_template():
-    text = render_peers("/etc/ipsec.conf", [("dmvpn-198-51-100-12", "dmvpn", "198.51.100.12")])
-    peer = re.sub(r"{{ (\w+) \| ipsec_word }}", r"{{ \1 }}",
-                  (ROOT / "templates" / "peer.conf.j2").read_text())
-    assert peer.replace("{{ name }}", "dmvpn-198-51-100-12").replace(
-        "{{ profile }}", "dmvpn").replace("{{ remote }}", "198.51.100.12") in text
+    text = render_peers("/etc/ipsec.conf", [("dmvpn-198-51-100-12", "dmvpn", "198.51.100.12", None),
+                                            ("dmvpn-198-51-100-13", "dmvpn", "198.51.100.13",
+                                             "198.51.100.31")])
+    assert ("conn dmvpn-198-51-100-12\n\talso=dmvpn-base\n\tright=198.51.100.12\n\tauto=add\n"
+            in text)
+    assert ("conn dmvpn-198-51-100-13\n\talso=dmvpn-base\n\tleft=198.51.100.31\n"
+            "\tright=198.51.100.13\n\tauto=add\n" in text)
+
+
+@pytest.mark.parametrize("sample", ["spoke.yaml", "spoke-psk.yaml"])
+def test_dynamic_local_address_renders_defaultroute_and_no_left_in_base(tmp_path, sample):
+    """nbma: auto: the template (and the NAT conn) take %defaultroute; the base has no
+    left=, so a per-peer conn can name the address nhrpd asks for (4.10 refuses a key set
+    twice through also=). libreswan's own parser accepts both, per-peer sample included."""
+    f = tmp_path / sample
+    f.write_text(re.sub(r"nbma: \S+", "nbma: auto", (SAMPLES / sample).read_text()))
+    text = render_ipsec(load_config(f))
+    stanzas = {b.split("\n", 1)[0]: b for b in text.split("\nconn ")[1:]}
+    assert "left=" not in stanzas["dmvpn-base"].replace("leftid=", "").replace(
+        "leftcert=", "").replace("leftupdown=", "").replace("leftprotoport=", "")
+    assert "\tleft=%defaultroute\n" in stanzas["dmvpn"]
+    if "dmvpn-nat" in stanzas:
+        assert "\tleft=%defaultroute\n" in stanzas["dmvpn-nat"]
+    if shutil.which("ipsec"):
+        assert check_ipsec(text, "dmvpn", dynamic=True) == []
 
 
 def test_templates_are_found_after_pip_install(tmp_path):
