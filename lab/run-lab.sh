@@ -1,6 +1,6 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes, and a
-# fourth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each); fifteen scenarios.
+# fourth and fifth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each); eighteen scenarios.
 # Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep]
 #                       [--timeout SECS] [--no-install] [--record-updown]
 #                       [--lifetimes IKE:CHILD:MARGIN]
