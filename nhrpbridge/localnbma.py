@@ -66,9 +66,16 @@ class LocalNbma:
         return self.node is not None and self.node.nbma == "auto"
 
     async def left_for(self, local: str | None) -> str | None:
-        """left= for a per-peer conn nhrpd asked for from `local` (None: T-base's)."""
-        if local is None or self.node is None:
+        """left= for a per-peer conn asked for from `local` (None: T-base's).
+
+        An initiate without my-host (nhrpbridge's own re-initiation of an NHS link, the
+        CLI) keeps the address the conns were loaded with: the first lab run replaced the
+        per-peer conn by one without left= there ("left= is not set"), and the spoke lost
+        its hub for two minutes."""
+        if self.node is None or (local is None and not self.dynamic):
             return None
+        if local is None:
+            return self.state.get("local-nbma") or "%defaultroute"
         if not self.dynamic:
             if local != self.node.nbma:
                 raise PlutoError(
@@ -81,8 +88,11 @@ class LocalNbma:
                              "this node (yet?)", ErrorCode.BAD_REQUEST)
         async with self.lock:
             was = self.state.get("local-nbma")
-            stale = sorted(n for n, p in self.per_peer.conns.items() if p.local not in (None, local))
-            if (was is not None and was != local) or stale:
+            # a conn added before any my-host was known (%defaultroute) moves only with the rest
+            moved = was is not None and was != local
+            stale = sorted(n for n, p in self.per_peer.conns.items() if p.local not in (
+                None, local, *([] if moved else ["%defaultroute"])))
+            if moved or stale:
                 await self._move(was, local, stale)
             self.state["local-nbma"] = local
         return local

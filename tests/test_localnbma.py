@@ -64,6 +64,19 @@ def test_address_change_reloads_pluto_once_and_per_peer_conns_name_my_host(tmp_p
     assert ctl.local_nbma.moves == 1
 
 
+def test_an_initiate_without_my_host_keeps_the_loaded_address(tmp_path):
+    """nhrpbridge's own re-initiation of an NHS link names no local address."""
+    d, ctl, runner = spoke(tmp_path)
+    asyncio.run(ctl.initiate("dmvpn", "198.51.100.12", wait=False))     # nothing known yet
+    asyncio.run(ctl.initiate("dmvpn", HUB, OLD, wait=False))
+    asyncio.run(ctl.terminate("dmvpn", HUB))
+    runner.calls.clear()
+    asyncio.run(ctl.initiate("dmvpn", HUB, wait=False))
+    assert verbs(runner) == ["--name dmvpn-198-51-100-1 --initiate"]
+    text = (tmp_path / "s" / "peers.conf").read_text()
+    assert f"left={OLD}" in text and "left=%defaultroute" in text
+
+
 def test_a_restart_remembers_which_address_the_conns_were_loaded_with(tmp_path):
     d, ctl, runner = spoke(tmp_path)
     asyncio.run(ctl.initiate("dmvpn", HUB, OLD, wait=False))
