@@ -647,7 +647,10 @@ with urllib.request.urlopen(req, timeout=10) as r:
   nat_esp() { tcpdump -nn -r /tmp/lab/wire.pcap 'udp port 4500 and udp[8:4] != 0 and host 198.51.100.11 and host 198.51.100.20' 2>/dev/null | wc -l; }
   N0=$(nat_esp); L41=0
   for k in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do ping_ok spoke4 203.0.113.11 && L41=$((L41+1)); done
-  sleep 0.5; N1=$(nat_esp)
+  # the capture lags the pings on a busy guest (a run with both flavours side by side
+  # counted 38 of 40 after a fixed 0.5 s): wait up to 5 s for the frames to be written
+  nat_esp_all() { [ "$(nat_esp)" -ge $((N0 + 40)) ]; }
+  waitfor 5 nat_esp_all; N1=$(nat_esp)
   [ $P4H -ge 19 ] || { R14=FAIL; W14="$W14 spoke4->hub $P4H/20 pings;"; }
   [ $L41 = 20 ] || { R14=FAIL; W14="$W14 spoke4->spoke1 later pings $L41/20;"; }
   CLR=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 47 and host 198.51.100.20' 2>/dev/null | wc -l)

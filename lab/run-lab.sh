@@ -1,19 +1,19 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes, and a
 # fourth and fifth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each); eighteen scenarios.
-# Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep]
+# Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep] [--serial]
 #                       [--timeout SECS] [--no-install] [--record-updown]
 #                       [--lifetimes IKE:CHILD:MARGIN]
 # Flavours: debian12 boots the host's own Debian 12 (libreswan 4.10, FRR 8.4); debian13 a
 # Debian 13 root made by lab/mkroot.sh (libreswan 5.2, FRR 10.3), both with the same UML
-# kernel. all (the default) runs debian12 then debian13.
+# kernel. all (the default) runs both, side by side (--serial: debian12 then debian13).
 # Needs root (network and mount namespaces inside the guest, apt-get). Results go to
 # /var/tmp/nhrpbridge-lab.XXXXXX (not /tmp: the guest mounts a tmpfs there); they are
 # kept when a scenario fails or with --keep.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-REPEAT=1; KEEP=0; TMO=1200; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
+REPEAT=1; KEEP=0; TMO=1200; PARALLEL=1; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
 LIFETIMES=150:60:20      # IKE:CHILD:MARGIN s: every SA rekeys during the run (scenario rekey)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
       case "$2" in all|"") ;; debian12|debian13) FLAVOURS=$2;;
         *) echo "run-lab.sh: unknown flavour '$2' (debian12, debian13 or all)" >&2; exit 2;; esac
       shift;;
-    --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --timeout) TMO=$2; shift;;
+    --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --serial) PARALLEL=0;; --timeout) TMO=$2; shift;;
     --no-install) INSTALL=0;;
     --record-updown) HOOK=lab/record-updown.sh;;   # keep every updown environment (samples)
     --lifetimes) LIFETIMES=$2; shift;;             # IKE:CHILD:MARGIN s on every node ("" = defaults)
@@ -167,16 +167,34 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
 
 declare -A ROOTS
 for fl in $FLAVOURS; do ROOTS[$fl]=$(bash "$HERE/mkroot.sh" "$fl"); done
-SUMMARY=$(mktemp); WALLS=$(mktemp); FAILS=$(mktemp)
-trap 'rm -f "$SUMMARY" "$WALLS" "$FAILS"' EXIT
+SUMMARY=$(mktemp); WALLS=$(mktemp); FAILS=$(mktemp); STATUS=$(mktemp)
+trap 'rm -f "$SUMMARY" "$WALLS" "$FAILS" "$STATUS" "$STATUS"-*' EXIT
 START=$(date +%s)
 ALL_OK=1
-for fl in $FLAVOURS; do
+flavour_runs() { # flavour: its REPEAT runs one after another; $STATUS-flavour says DONE
+  # at the end and FAILED per failed run (no DONE: the runs stopped on an error)
   for i in $(seq 1 "$REPEAT"); do
-    echo "==== lab run $i/$REPEAT, flavour $fl"
-    one_run $fl $i
-    [ $RUN_OK = 1 ] || ALL_OK=0
+    echo "==== lab run $i/$REPEAT, flavour $1"
+    one_run $1 $i
+    [ $RUN_OK = 1 ] || echo FAILED >> "$STATUS-$1"
   done
+  echo DONE >> "$STATUS-$1"
+}
+# The flavours run side by side when the host has a CPU for each guest (a guest is one
+# CPU for all its nodes and kept about half of a host CPU busy): the lab's wall time is
+# then the slower flavour's, not the sum. Each flavour's output is printed when it ends.
+if [ "$PARALLEL" = 1 ] && [ "$(nproc)" -ge 2 ] && [ "$(echo $FLAVOURS | wc -w)" -gt 1 ]; then
+  PIDS=""
+  for fl in $FLAVOURS; do flavour_runs $fl > "$STATUS-out-$fl" 2>&1 & PIDS="$PIDS $!"; done
+  echo "==== flavours$(printf ' %s' $FLAVOURS) side by side"
+  wait $PIDS || true
+  for fl in $FLAVOURS; do cat "$STATUS-out-$fl"; done
+else
+  for fl in $FLAVOURS; do flavour_runs $fl; done
+fi
+for fl in $FLAVOURS; do
+  grep -q FAILED "$STATUS-$fl" 2>/dev/null && ALL_OK=0
+  grep -q DONE "$STATUS-$fl" 2>/dev/null || { ALL_OK=0; echo "$fl: the runs stopped on an error" >> "$FAILS"; }
 done
 echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
 for fl in $FLAVOURS; do
