@@ -153,6 +153,7 @@ class PlutoController(Initiating):
                           hint, peer_hint)
 
     async def reconcile(self) -> dict[str, Any]:
+        known = tuple((i.uniqueid, i.serial) for i in self.db.ike_sas.values() if i.serial)
         try:
             await self.detect_version()
             view = await self.view()
@@ -162,7 +163,7 @@ class PlutoController(Initiating):
             log.warning("pluto is not running: no SA can exist")
             view = Reconcile((), ())        # no grace: nothing can be up without pluto
         else:
-            view = Reconcile(view.ike_sas, view.child_sas, grace=RECONCILE_GRACE)
+            view = Reconcile(view.ike_sas, view.child_sas, grace=RECONCILE_GRACE, known=known)
         events = self.apply(view)
         self.stats["reconcile-changes"] += len(events)
         self.last_reconcile = time.time()

@@ -196,8 +196,13 @@ class Reconcile:
     whack does not list it yet: pluto runs up-host *before* it records the Child
     SA as established (lab: 2.5 s apart under UML), and removing it in that gap
     made nhrpd drop a fresh shortcut.
+    `known`: (uniqueid, serial) of the IKE SAs the database held before whack was asked.
+    One of those that whack does not list, under the same serial, is gone: no grace (a
+    held link waits on it; lab: a spoke without the log follower kept a dead link up for
+    its whole hold, its nhrpd never saw it go down and never registered again).
     """
 
     ike_sas: tuple[IkeUp, ...]
     child_sas: tuple[ChildUp, ...]
     grace: float = 0.0
+    known: tuple[tuple[int, int], ...] = ()

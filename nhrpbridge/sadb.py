@@ -13,10 +13,10 @@ Strategy:
   emitted with its first Child SA, link-down only when its last one is gone,
   whatever IKE SAs the children hang off (duplicate IKE SAs are normal in DMVPN
   when both spokes initiate).
-- Rule 3 (incomplete hook view): updown has no IKE events, no serials and may
-  report a down-host with SPIs it never announced (seen in the lab with duplicate children). An
-  unknown down changes nothing (reconciliation settles it); unroute removes every
-  child of that conn and peer because pluto only unroutes a conn without SAs.
+- Rule 3 (incomplete hook view): updown has no IKE events, no serials and may report
+  a down-host with SPIs it never announced (lab: duplicate children). An unknown down
+  changes nothing (reconciliation settles it); unroute removes every child of that
+  conn and peer because pluto only unroutes a conn without SAs.
   An IKE SA we only *inferred* from a Child SA disappears with its last child;
   one the log reported lives until the log (or reconciliation) ends it.
 - Rule 4 (rekeys never flap): a rekeyed Child SA keeps its record (new serial and
@@ -64,7 +64,6 @@ from .satables import SaTables
 
 __all__ = ["SaDatabase"]
 
-# ---- the database -------------------------------------------------------------
 
 @dataclass
 class SaDatabase(SaTables):
@@ -349,20 +348,22 @@ class SaDatabase(SaTables):
                                   cup.serial)
             if c is not None:
                 seen_child.add(c.uniqueid)
+        known = dict(rc.known)
         for c in list(self.child_sas.values()):
             # spared if reported within the grace (not for a clock stepped back); a held one
-            # ends for real once its IKE SA, known to whack and past its grace, is gone
+            # ends once its IKE SA (known before whack was asked, or past its grace) is gone
             ike = self.ike_sas.get(c.ike_uniqueid)
             if c.uniqueid not in seen_child and c.uniqueid in self.child_sas and (
                     ike is not None and bool(ike.serial) and ike.uniqueid not in seen_ike
-                    and not 0 <= self._now - max(ike.established, ike.rekeyed) < rc.grace
+                    and (known.get(ike.uniqueid) == ike.serial
+                         or not 0 <= self._now - max(ike.established, ike.rekeyed) < rc.grace)
                     if c.uniqueid in self.held
                     else not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace):
                 self._remove_child(c)
         for ike in list(self.ike_sas.values()):      # (the log may be ahead of whack too)
-            if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas \
-                    and not self.children_of_ike(ike.uniqueid) \
-                    and not 0 <= self._now - ike.established < rc.grace:
+            if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas and not self.children_of_ike(
+                    ike.uniqueid) and (known.get(ike.uniqueid) == ike.serial
+                                       or not 0 <= self._now - ike.established < rc.grace):
                 self._drop_ike(ike)
 
     def restore(self, state: dict[str, Any] | None) -> None:

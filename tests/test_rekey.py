@@ -303,3 +303,30 @@ def test_a_held_child_rekeyed_moments_ago_still_ends_when_its_ike_sa_is_gone():
     assert db.apply(down(0x20), 50.0) == []            # held
     assert kinds(db.apply(Reconcile((), (), grace=10.0), 51.0)) == [
         "child-down", "link-down", "ike-down"]
+
+
+def test_a_held_child_whose_young_ike_sa_is_gone_ends_if_whack_was_asked_after():
+    """debian12 lab, restarts: spoke2 (no log follower) learned its new IKE SA from whack
+    9 s before the hub deleted it; the 10 s grace kept the held link up until a new SA
+    replaced it, and spoke2's nhrpd never registered again. An IKE SA the database held,
+    under the same serial, before whack was asked is gone when whack does not list it."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 40.0)           # IKE #1 learned from whack at 40 s
+    assert db.apply(down(0x10), 48.0) == []            # held
+    ike = next(iter(db.ike_sas.values()))
+    young = Reconcile((), (), grace=10.0)              # asked without knowing: spared
+    assert db.apply(young, 49.0) == [] and db.held
+    known = Reconcile((), (), grace=10.0, known=((ike.uniqueid, 1),))
+    assert kinds(db.apply(known, 49.0)) == ["child-down", "link-down", "ike-down"]
+
+
+def test_an_ike_sa_rekeyed_while_whack_ran_is_not_taken_for_gone():
+    """The snapshot names serial #1; the log then moved the IKE SA to #5 before whack's
+    answer (listing #1, or nothing yet) arrived: the held child is spared by the grace."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 40.0)
+    assert db.apply(down(0x10), 48.0) == []
+    ike = next(iter(db.ike_sas.values()))
+    db.apply(IkeRekeyed(1, 5), 48.5)                   # (what the log follower applies)
+    stale = Reconcile((), (), grace=10.0, known=((ike.uniqueid, 1),))
+    assert db.apply(stale, 49.0) == [] and db.held
