@@ -25,9 +25,11 @@ bench: $(VPY)
 	$(VPY) bench/run.py $(ARGS)
 
 # the user-mode-linux DMVPN lab (root); FLAVOUR=debian12|debian13 (default: both, side by
-# side), REPEAT=N runs it N times per flavour, SERIAL=1 one flavour after the other
+# side), AUTH=cert|psk (default: both, cert first), REPEAT=N runs it N times per flavour,
+# SERIAL=1 one flavour after the other
 lab:
-	bash lab/run-lab.sh $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(REPEAT),--repeat $(REPEAT)) $(if $(SERIAL),--serial)
+	bash lab/run-lab.sh $(if $(FLAVOUR),--flavour $(FLAVOUR)) $(if $(AUTH),--auth $(AUTH)) \
+	  $(if $(REPEAT),--repeat $(REPEAT)) $(if $(SERIAL),--serial)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

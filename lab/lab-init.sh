@@ -18,6 +18,7 @@
 # not hold $LABOUT: stage 1 mounts it from the host through hostfs).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
+LABAUTH=${LABAUTH:-cert}    # cert | psk (run-lab.sh --auth): a PSK run has the base scenarios only
 if [ "$LABSTAGE" != 2 ]; then
   mount -t proc proc /proc
   mount -t tmpfs tmpfs /tmp
@@ -63,7 +64,9 @@ waitfor() { # seconds command...: poll until the deadline (guest uptime), every 
     k=$((k + 1)); if [ $k -le 10 ]; then sleep 0.3; else sleep 1; fi
   done; return 0
 }
-ip_of() { case $1 in hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; spoke5) echo 15;; esac; }
+# scenario scale (PSK runs): twelve more spokes, 198.51.100.101-112 / 203.0.113.101-112
+SCALE=""; [ "$LABAUTH" = psk ] && for i in $(seq 101 112); do SCALE="$SCALE spoke$i"; done
+ip_of() { case $1 in spoke1[0-9][0-9]) echo ${1#spoke};; hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; spoke5) echo 15;; esac; }
 
 start_pluto() { # node (respawn loop; pid in run/pluto.pid)
   n=$1
@@ -78,8 +81,9 @@ start_pluto() { # node (respawn loop; pid in run/pluto.pid)
 
 main() {
   echo "FLAVOUR $FLAVOUR: $(. /etc/os-release; echo "$PRETTY_NAME"), $(ipsec --version 2>&1 | head -1),\
- FRR $(/usr/lib/frr/nhrpd --version 2>&1 | sed -n 's/.*version //p' | head -1), $($PY --version 2>&1)"
+ FRR $(/usr/lib/frr/nhrpd --version 2>&1 | sed -n 's/.*version //p' | head -1), $($PY --version 2>&1), auth $LABAUTH"
   echo "T kernel-up $(up)"
+  PV=$(ipsec --version 2>&1 | sed -n 's/.*Libreswan U\{0,1\}\([0-9]*\.[0-9]*\).*/\1/p' | head -1)
   KV=$(uname -r)
   mkdir -p /tmp/modroot/lib/modules/$KV
   mount --bind /usr/lib/uml/modules/$KV /tmp/modroot/lib/modules/$KV
@@ -91,7 +95,7 @@ main() {
   echo > /proc/sys/kernel/modprobe
   echo "T modules-loaded $(up)"
   ip link add br0 type bridge; ip link set br0 up
-  for n in $NODES spoke4 spoke5; do
+  for n in $NODES spoke4 spoke5 $SCALE; do
     o=$(ip_of $n); ip netns add lab$n
     ip -n lab$n link set lo up
     if [ $n = spoke4 ]; then
@@ -125,9 +129,10 @@ main() {
     else ip -n lab$n route add 203.0.113.0/24 via 203.0.113.1 dev gre1 onlink; fi
     mkdir -p /tmp/lab/$n/run /tmp/lab/$n/nss /tmp/lab/$n/nb/spool /tmp/lab/$n/frr
     chmod 700 /tmp/lab/$n/nb/spool
-    ipsec initnss --nssdir /tmp/lab/$n/nss >/dev/null
-    pk12util -i $LABOUT/pki/$n.p12 -d sql:/tmp/lab/$n/nss -W lab >/dev/null
-    certutil -A -d sql:/tmp/lab/$n/nss -n ca -t CT,, -a -i $LABOUT/pki/ca.pem
+    case $n in spoke1[0-9][0-9]) cp -a /tmp/lab/spoke1/nss/. /tmp/lab/$n/nss/;;  # (PSK: unused)
+      *) ipsec initnss --nssdir /tmp/lab/$n/nss >/dev/null
+         pk12util -i $LABOUT/pki/$n.p12 -d sql:/tmp/lab/$n/nss -W lab >/dev/null
+         certutil -A -d sql:/tmp/lab/$n/nss -n ca -t CT,, -a -i $LABOUT/pki/ca.pem;; esac
     : > /tmp/lab/$n/ipsec.secrets; chmod 600 /tmp/lab/$n/ipsec.secrets
   done
   # `nhrpbridge render --check` for every node, here so that the check runs this flavour's
@@ -135,20 +140,22 @@ main() {
   PYTHONPATH=$SRC $PY -c '
 import sys
 from nhrpbridge.cli import main
-out = sys.argv[1]
-for n in sys.argv[2:]:
+out = sys.argv[2]
+for n in sys.argv[3:]:
     d = f"{out}/{n}"
+    psk = ["--secrets", f"{d}/ipsec.secrets"] if sys.argv[1] == "psk" else []
     rc = main(["render", "-c", f"{d}/nhrpbridge.yaml", "--ipsec", f"{d}/conns.conf",
-               "--frr", f"{d}/frr.conf", "--check"])
+               "--frr", f"{d}/frr.conf", "--check", *psk])
     status = "ok" if rc == 0 else "FAILED"
     print(f"RENDER {n}: {status}", file=sys.stderr, flush=True)
-' $LABOUT $NODES spoke4 spoke5 2>$LABOUT/render.log
+'  $LABAUTH $LABOUT $NODES spoke4 spoke5 2>$LABOUT/render.log
   grep -v '^RENDER' $LABOUT/render.log | sed 's/^/  /'
   grep '^RENDER' $LABOUT/render.log
   grep -q '^RENDER .*FAILED' $LABOUT/render.log && RESULTS="$RESULTS render=FAIL"
-  for n in $NODES spoke4 spoke5; do
+  for n in $NODES spoke4 spoke5 $SCALE; do
     { printf 'config setup\n\tlogfile=%s\n\tlogtime=yes\n\n' "$LABOUT/$n/pluto.log"
       cat $LABOUT/$n/conns.conf; } > /tmp/lab/$n/ipsec.conf
+    [ -f $LABOUT/$n/ipsec.secrets ] && cat $LABOUT/$n/ipsec.secrets > /tmp/lab/$n/ipsec.secrets
   done
   echo "T netns+nss-ready $(up)"
   for n in $NODES; do start_pluto $n; done
@@ -259,6 +266,7 @@ for n in sys.argv[2:]:
   [ "$GRE" -eq 0 ] && [ "$ESP" -ge "$PINGS" ] && [ "$D12" -gt 0 ] && R5=PASS || R5=FAIL
   scenario no-cleartext $R5 "bridge capture: cleartext GRE=$GRE, ESP=$ESP (>= $PINGS pings sent), direct spoke1<->spoke2 ESP=$D12"
 
+  if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
   # ---- 14. rekey: 150 s of pings spoke1 -> hub and spoke1 -> spoke2 (the shortcut) while
   # every SA rekeys (the lab's lifetimes: Child SAs 60 s, IKE SAs 150 s, margin 20 s): no
   # link may go down in nhrpbridge, no spoke's nhrpd may lose its NHS link, the hub's cache
@@ -302,17 +310,76 @@ for n in sys.argv[2:]:
   [ "$IR1" -ge 1 ] && [ "$IR2" -ge 1 ] || { R14=FAIL; W14="$W14 no IKE SA rekey on a link;"; }
   scenario rekey $R14 "150 s, lifetimes 60 s/150 s, spoke2 without the log follower: spoke1<->hub $CR1 Child SA and $IR1 IKE SA rekeys (hub's pluto log), spoke1<->spoke2 $CR2 and $IR2 (spoke2's); link-downs in nhrpbridge:$LDS; spokes' nhrpd 'NHS: Waiting link':$NHW; hub cache kept >= $MINC spokes; pings ${RK1:-0}/300 to the hub, ${RK2:-0}/300 to spoke2;$W14"
 
+  # ---- 19. rekey-collision: both ends of spoke1's hub link rekey at the same moment -----
+  # whack at the hub and at spoke1 at once (4.x: --rekey-ipsec/--rekey-ike --name SERIAL;
+  # 5.x: --rekey-child/--rekey-ike --name #SERIAL), the Child SA first, then the IKE SA,
+  # while spoke1 pings the hub. Both ends must log the rekey they initiated (the collision
+  # happened); PASS: no link-down in either nhrpbridge, spoke1's nhrpd keeps its NHS link,
+  # the hub's cache keeps spoke1, at most 1 of 80 pings lost.
+  echo "T rekey-collision-start $(up)"
+  R20=PASS; W20=""
+  rk() { # node serial-or-conn ike|child: ask pluto for a rekey now, not waiting for it
+    case "${PV%%.*}" in
+      4) k=$([ $3 = ike ] && echo ike || echo ipsec); nm=$2;;
+      *) k=$([ $3 = ike ] && echo ike || echo child); case $2 in [0-9]*) nm="#$2";; *) nm=$2;; esac;;
+    esac
+    ipsec whack --rundir /tmp/lab/$1/run --name "$nm" --rekey-$k --asynchronous 2>&1 | head -2 | tr '\n' ' '; }
+  newest() { sort -n | tail -1; }
+  LDC0_hub=$(grep -c 'link-down seq' $LABOUT/hub/nhrpbridge.log); LDC0_s1=$(grep -c 'link-down seq' $LABOUT/spoke1/nhrpbridge.log)
+  NLC0=$(wc -l < $LABOUT/spoke1/nhrpd.log)
+  PH0=$(wc -l < $LABOUT/hub/pluto.log); PS0=$(wc -l < $LABOUT/spoke1/pluto.log)
+  ip netns exec labspoke1 ping -c 80 -i 0.25 -W 1 203.0.113.1 > /tmp/lab/ping-rc.txt 2>&1 &
+  RPC=$!
+  sleep 2
+  HC=$(wk hub --trafficstatus | grep '198\.51\.100\.11,' | grep -o '#[0-9]*' | tr -d '#' | newest)
+  HI=$(wk hub --showstates | grep -E '198\.51\.100\.11:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA' | grep -o '#[0-9]*' | tr -d '#' | newest)
+  if [ -z "$HC" ] || [ -z "$HI" ]; then R20=FAIL; W20="$W20 no SA of spoke1 on the hub to rekey (child '$HC', IKE '$HI');"
+  else
+    rk hub $HC child > /tmp/lab/rk1 & K1=$!; rk spoke1 dmvpn-198-51-100-1 child > /tmp/lab/rk2 & K2=$!
+    wait $K1 $K2
+    sleep 8
+    HI=$(wk hub --showstates | grep -E '198\.51\.100\.11:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA' | grep -o '#[0-9]*' | tr -d '#' | newest)
+    rk hub ${HI:-0} ike > /tmp/lab/rk3 & K1=$!; rk spoke1 dmvpn-198-51-100-1 ike > /tmp/lab/rk4 & K2=$!
+    wait $K1 $K2
+  fi
+  wait $RPC
+  echo "T rekey-collision-end $(up)"
+  since_h() { tail -n +$(( PH0 + 1 )) $LABOUT/hub/pluto.log | grep -E '198\.51\.100\.11 #'; }
+  since_s() { tail -n +$(( PS0 + 1 )) $LABOUT/spoke1/pluto.log | grep -E '"dmvpn-198-51-100-1" #'; }
+  HIC=$(since_h | grep -c 'initiating rekey to replace Child SA'); SIC=$(since_s | grep -c 'initiating rekey to replace Child SA')
+  HII=$(since_h | grep -c 'initiating rekey to replace IKE SA'); SII=$(since_s | grep -c 'initiating rekey to replace IKE SA')
+  HDONE=$(since_h | grep -cE '(initiator|responder) rekeyed (Child|IKE) SA'); SDONE=$(since_s | grep -cE '(initiator|responder) rekeyed (Child|IKE) SA')
+  [ "$HIC" -ge 1 ] && [ "$SIC" -ge 1 ] || { R20=FAIL; W20="$W20 not both ends initiated the Child SA rekey (hub $HIC, spoke1 $SIC);"; }
+  [ "$HII" -ge 1 ] && [ "$SII" -ge 1 ] || { R20=FAIL; W20="$W20 not both ends initiated the IKE SA rekey (hub $HII, spoke1 $SII);"; }
+  LDH=$(( $(grep -c 'link-down seq' $LABOUT/hub/nhrpbridge.log) - LDC0_hub )); LDS1=$(( $(grep -c 'link-down seq' $LABOUT/spoke1/nhrpbridge.log) - LDC0_s1 ))
+  [ "$LDH" = 0 ] && [ "$LDS1" = 0 ] || { R20=FAIL; W20="$W20 link-downs: hub $LDH, spoke1 $LDS1;"; }
+  NHWC=$(tail -n +$(( NLC0 + 1 )) $LABOUT/spoke1/nhrpd.log | grep -ac 'NHS: Waiting link')
+  [ "$NHWC" = 0 ] || { R20=FAIL; W20="$W20 spoke1's nhrpd lost its NHS link $NHWC times;"; }
+  hub_has 203.0.113.11 >/dev/null || { R20=FAIL; W20="$W20 spoke1 left the hub's cache;"; }
+  RC=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' /tmp/lab/ping-rc.txt)
+  [ "${RC:-0}" -ge 79 ] || { R20=FAIL; W20="$W20 pings ${RC:-0}/80;"; }
+  since_h | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  hub: /' | head -12
+  since_s | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  spoke1: /' | head -12
+  scenario rekey-collision $R20 "hub (Child #$HC, IKE #$HI) and spoke1 rekeyed at once: rekeys initiated Child SA hub $HIC spoke1 $SIC, IKE SA hub $HII spoke1 $SII; rekeys completed (log lines) hub $HDONE spoke1 $SDONE; link-downs hub $LDH spoke1 $LDS1; spoke1 nhrpd 'NHS: Waiting link' $NHWC; hub cache '$(hub_has 203.0.113.11 | head -1 | cut -c1-60)'; pings ${RC:-0}/80; whack said: '$(cat /tmp/lab/rk1 /tmp/lab/rk2 /tmp/lab/rk3 /tmp/lab/rk4 2>/dev/null | tr '\n' ' ' | cut -c1-120)';$W20"
+
+  fi
+
   # ---- 4. forged registration --------------------------------------------------------
   waitfor 30 sh -c "grep -q 'binding-rejected: GRE 203.0.113.13 from NBMA 198.51.100.13' $LABOUT/hub/nhrpbridge.log"
   REJ=$(nblog hub | grep 'binding-rejected: GRE 203.0.113.13' | head -1)
   echo "  hub nhrpbridge: $REJ"
-  if [ -n "$REJ" ] && ! hub_has 203.0.113.13 >/dev/null && echo "$REJ" | grep -q 'not in the subjectAltNames'; then
+  # certificates: spoke3's names 203.0.113.99 only; PSK (IP IDs): the hub's policy
+  # gre-prefix-by-peer-id allows ID 198.51.100.13 only 203.0.113.99/32
+  if [ "$LABAUTH" = psk ]; then WHY4='is not in the prefixes allowed for'; CLAIM4="a PSK peer ID (198.51.100.13) allowed only 203.0.113.99/32"
+  else WHY4='not in the subjectAltNames'; CLAIM4="a certificate for 203.0.113.99"; fi
+  if [ -n "$REJ" ] && ! hub_has 203.0.113.13 >/dev/null && echo "$REJ" | grep -q "$WHY4"; then
     R4=PASS; else R4=FAIL; fi
-  scenario forged-registration $R4 "spoke3 claims 203.0.113.13 with a certificate for 203.0.113.99: $(echo "$REJ" | sed 's/.*binding-rejected: //' | cut -c1-150); hub cache entry for .13: '$(hub_has 203.0.113.13 | head -1)'"
+  scenario forged-registration $R4 "spoke3 claims 203.0.113.13 with $CLAIM4: $(echo "$REJ" | sed 's/.*binding-rejected: //' | cut -c1-150); hub cache entry for .13: '$(hub_has 203.0.113.13 | head -1)'"
 
   nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
            -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
 
+  if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
   # ---- 8. hitless restart: `nhrpbridge restart` on the hub during pings --------------
   # nhrpd keeps its VICI connection (it logs "VICI: Connected" on every (re)connect and
   # resets every VC, deleting the dynamic cache, when it loses one): the count must not
@@ -339,6 +406,8 @@ for n in sys.argv[2:]:
   [ "$C0" -eq 2 ] && [ "$C1" -eq 2 ] || { R8=FAIL; W8="$W8 hub cache entries $C0 -> $C1;"; }
   [ "${RX:-0}" -ge 49 ] || { R8=FAIL; W8="$W8 only ${RX:-0}/50 pings answered;"; }
   scenario hitless-restart $R8 "hub: nhrpbridge restart -> $(echo "$HR" | tr -d '\n' | cut -c1-100); nhrpd 'VICI: Connected' $VC0 -> $VC1; hub cache dynamic spokes $C0 -> $C1; pings spoke1->hub ${RX:-0}/50; '$KEPT';$W8"
+
+  fi
 
   # ---- 6. restarts -------------------------------------------------------------------
   # nhrpd resets every VC when its VICI connection drops (nhrp_vc_reset), which deletes
@@ -405,6 +474,7 @@ for n in sys.argv[2:]:
   [ "$VCK1" -gt "$VCK0" ] && [ "$R6" = PASS ] || R10=FAIL
   scenario crash-outage $R10 "kill -9 of the hub's nhrpbridge without systemd: nhrpd reconnected its VICI socket ('VICI: Connected' $VCK0 -> $VCK1) and dropped the spokes ($GONE); both back in the hub's cache $(awk -v a=$TK -v b=$TBACK 'BEGIN{printf "%.1f", b-a}') s after the kill at holdtime 7200, by registration recovery (without it: up to 2400 s)"
 
+  if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
   # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
   echo "T whack-start $(up)"
   R7=PASS; W7=""
@@ -459,6 +529,8 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   echo "T whack-done $(up)"
   scenario whack $R7 "libreswan $PV detected; hub IKE SAs to .13 whack [$WS] = nhrpbridge [$NS]; spoke3 terminate -> no SA; hub terminate by host -> none left; hub initiate ($FORM) -> IKE_SA_INIT sent, SA up; IKE #$S deleted by serial;$W7"
 
+  fi
+
   # ---- 3. loss -----------------------------------------------------------------------
   # spoke2 is lost: its pluto dies and its kernel's SAs with it (as when the box goes; the
   # policies stay, so its GRE is dropped, not sent in clear). With pluto killed alone,
@@ -497,6 +569,7 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   echo "T hub-cache-cleared $(up)"
   scenario loss $R3 "link-down on the hub $DT3 s after the kill; hub pluto: '$(echo "$LV" | cut -c1-140)'; hub nhrpbridge: '$(echo "$LD" | cut -c1-120)'; hub cache entry for .12: '$(hub_has 203.0.113.12 | head -1)' $W3"
 
+  if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
   # ---- 9. hub outage (last: it leaves stale IKE SAs behind that would disturb the others):
   # the hub unreachable for longer than per-peer-idle (20 s here) and initiate-retry (10 s
   # here), then back: spoke1 (spoke2's pluto is gone since `loss`) keeps its link to the
@@ -829,6 +902,43 @@ with urllib.request.urlopen(req, timeout=10) as r:
   C18=$(hub_has 203.0.113.11 | head -1 | cut -c1-80)
   echo "T underlay-change-done $(up)"
   scenario underlay-change $R18 "spoke1 eth0 198.51.100.11 -> .31 (nbma: auto): hub's cache at .31 after $DT18 s ('$C18'); nothing at .11 after $DG18 s (still:${ST18:- none}); hub IKE SAs at .31 $IK31, kernel SAs with .31 $X31; pings to the hub $P18/10; spoke1 nhrpbridge: '$ML'; per-peer conns with left=.31: $PP;$W18"
+
+  fi
+
+  # ---- 20. scale (PSK runs): twelve more spokes start at once and register -------------
+  # Reported: the time until the last is in the hub's cache, and the hub's nhrpbridge and
+  # nhrpd (RSS, CPU time). PASS: all twelve registered within 180 s, every binding
+  # accepted by the hub's policy (each spoke's own address), and the first spokes kept.
+  if [ -n "$SCALE" ]; then
+  echo "T scale-start $(up)"
+  R19=PASS; W19=""
+  cpu_of() { set -- $(cut -d')' -f2 /proc/$1/stat); echo $(( (${12} + ${13}) )); }   # ticks
+  rss_of() { awk '/^VmRSS/ {print $2}' /proc/$1/status; }
+  HNB=$(cat /tmp/lab/hub/nb.pid); HNH=$(cat /tmp/lab/hub/frr/nhrpd.pid)
+  NBC0=$(cpu_of $HNB); NHC0=$(cpu_of $HNH)
+  for n in $SCALE; do start_pluto $n; done
+  for n in $SCALE; do waitfor 60 wk $n --globalstatus || W19="$W19 $n's pluto not up;"; done
+  read -r t19 _ < /proc/uptime
+  STARTING=""; for n in $SCALE; do start_stack $n; STARTING="$STARTING $!"; done
+  wait $STARTING
+  read -r t _ < /proc/uptime; ST19=$(awk -v a=$t19 -v b=$t 'BEGIN{printf "%.1f", b-a}')
+  NODES="$NODES $SCALE"
+  scale_in() { [ "$(vt hub 'show ip nhrp cache' | grep -cE '^gre1 +dynamic +203\.0\.113\.1[01][0-9] ')" -ge 12 ]; }
+  if waitfor 180 scale_in; then
+    read -r t _ < /proc/uptime; DT19=$(awk -v a=$t19 -v b=$t 'BEGIN{printf "%.1f", b-a}')
+  else DT19="not in 180"; R19=FAIL; fi
+  IN19=$(vt hub 'show ip nhrp cache' | grep -cE '^gre1 +dynamic +203\.0\.113\.1[01][0-9] ')
+  AC19=$(nblog hub | grep -cE 'binding-accepted: GRE 203\.0\.113\.1[01][0-9] ')
+  RJ19=$(nblog hub | grep -cE 'binding-rejected: GRE 203\.0\.113\.1[01][0-9] ')
+  [ "$RJ19" = 0 ] || { R19=FAIL; W19="$W19 $RJ19 bindings rejected;"; }
+  hub_has 203.0.113.11 >/dev/null || { R19=FAIL; W19="$W19 spoke1 left the hub's cache;"; }
+  P19=0; for n in spoke101 spoke106 spoke112; do ping_ok $n 203.0.113.1 && P19=$((P19+1)); done
+  [ $P19 = 3 ] || { R19=FAIL; W19="$W19 pings to the hub from 3 of them: $P19/3;"; }
+  NBC=$(( $(cpu_of $HNB) - NBC0 )); NHC=$(( $(cpu_of $HNH) - NHC0 ))
+  MEM=$(awk '/^MemTotal/ {t=$2} /^MemAvailable/ {a=$2} END {printf "%d of %d MB", a/1024, t/1024}' /proc/meminfo)
+  echo "T scale-done $(up)"
+  scenario scale $R19 "12 spokes started at once (stacks up in $ST19 s): all 12 in the hub's cache after $DT19 s ($IN19 there; $AC19 bindings accepted, $RJ19 rejected); hub nhrpbridge RSS $(rss_of $HNB) kB, CPU $(awk -v c=$NBC 'BEGIN{printf "%.1f", c/100}') s during it (total $(awk -v c=$(cpu_of $HNB) 'BEGIN{printf "%.1f", c/100}') s); hub nhrpd RSS $(rss_of $HNH) kB, CPU $(awk -v c=$NHC 'BEGIN{printf "%.1f", c/100}') s; guest memory available $MEM; pings to the hub from 3 of them $P19/3;$W19"
+  fi
 
   # ---- shut down --------------------------------------------------------------------
   # pluto starts per node (the lab kills spoke1's and spoke2's on purpose; any other

@@ -1,19 +1,23 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes, and a
 # fourth and fifth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each); eighteen scenarios.
-# Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--repeat N] [--keep] [--serial]
+# Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--auth cert|psk|all]
+#                       [--repeat N] [--keep] [--serial]
 #                       [--timeout SECS] [--no-install] [--record-updown]
 #                       [--lifetimes IKE:CHILD:MARGIN]
 # Flavours: debian12 boots the host's own Debian 12 (libreswan 4.10, FRR 8.4); debian13 a
 # Debian 13 root made by lab/mkroot.sh (libreswan 5.2, FRR 10.3), both with the same UML
 # kernel. all (the default) runs both, side by side (--serial: debian12 then debian13).
+# Auth: cert runs every scenario with certificates; psk then runs the base scenarios with
+# pre-shared keys (IP IDs); all (the default) runs both, cert first. A run is labelled
+# by its flavour, plus "-psk" for a PSK run.
 # Needs root (network and mount namespaces inside the guest, apt-get). Results go to
 # /var/tmp/nhrpbridge-lab.XXXXXX (not /tmp: the guest mounts a tmpfs there); they are
 # kept when a scenario fails or with --keep.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-REPEAT=1; KEEP=0; TMO=1200; PARALLEL=1; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
+REPEAT=1; KEEP=0; TMO=1200; PARALLEL=1; AUTHS="cert psk"; INSTALL=1; FLAVOURS="debian12 debian13"; HOOK=hooks/nhrpbridge-updown
 LIFETIMES=150:60:20      # IKE:CHILD:MARGIN s: every SA rekeys during the run (scenario rekey)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,7 +25,11 @@ while [ $# -gt 0 ]; do
       case "$2" in all|"") ;; debian12|debian13) FLAVOURS=$2;;
         *) echo "run-lab.sh: unknown flavour '$2' (debian12, debian13 or all)" >&2; exit 2;; esac
       shift;;
-    --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --serial) PARALLEL=0;; --timeout) TMO=$2; shift;;
+    --repeat) REPEAT=$2; shift;; --keep) KEEP=1;; --serial) PARALLEL=0;;
+    --auth)
+      case "$2" in all|"") ;; cert|psk) AUTHS=$2;;
+        *) echo "run-lab.sh: unknown auth '$2' (cert, psk or all)" >&2; exit 2;; esac
+      shift;; --timeout) TMO=$2; shift;;
     --no-install) INSTALL=0;;
     --record-updown) HOOK=lab/record-updown.sh;;   # keep every updown environment (samples)
     --lifetimes) LIFETIMES=$2; shift;;             # IKE:CHILD:MARGIN s on every node ("" = defaults)
@@ -57,6 +65,14 @@ node_yaml() { # node role nbma gre
   if [ "$role" = hub ]; then policy=gre-ip-in-cert-san; store="  cert-store: $OUT/pki/store"
     metrics="metrics:
   listen: 127.0.0.1:9108"; fi
+  # PSK: IP addresses are the IKE IDs; the hub's policy gives each spoke's ID its own GRE
+  # address (spoke3's only 203.0.113.99: its claim of .13 is the forged registration)
+  if [ "$role" = hub ] && [ "$AUTH" = psk ]; then store=""; policy="gre-prefix-by-peer-id
+    allowed-prefixes:
+      \"198.51.100.11\": [203.0.113.11/32]
+      \"198.51.100.12\": [203.0.113.12/32]
+      \"198.51.100.13\": [203.0.113.99/32]
+      \"198.51.100.1??\": [203.0.113.96/27]"; fi
   # the hub initiates only in the `whack` scenario: there it checks `--remote-host` on
   # libreswan 5.x (4.x reuses the newest template instance for it: per-peer conns there)
   if [ "$role" = hub ] && [ "$FL" = debian13 ]; then perpeer="    per-peer: \"no\""; fi
@@ -99,8 +115,8 @@ node:
     # holdtime/3 = 40 minutes; the scenarios prove it is never left to that
     holdtime: 7200
   auth:
-    method: cert
-    cert: $n
+$( if [ "$AUTH" = psk ]; then printf '    method: psk\n    psk: "lab pre-shared key, not a secret"\n'
+   else printf '    method: cert\n    cert: %s\n' $n; fi)
 $(if [ -n "$LIFETIMES" ]; then IFS=: read -r li lc lm <<<"$LIFETIMES"
     printf '  lifetimes:\n    ike: %s\n    child: %s\n    rekey-margin: %s\n' "$li" "$lc" "$lm"; fi)
   liveness:
@@ -112,9 +128,11 @@ $(if [ -n "$LIFETIMES" ]; then IFS=: read -r li lc lm <<<"$LIFETIMES"
 EOY
 }
 
-one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdict" to $SUMMARY
-  local fl=$1 rootdir gpy init
-  FL=$fl
+label() { if [ "$AUTH" = psk ]; then echo "$1-psk"; else echo "$1"; fi; }
+
+one_run() { # flavour run-number -> sets RUN_OK, appends "label scenario verdict" to $SUMMARY
+  local fl=$1 rootdir gpy init lb
+  FL=$fl; lb=$(label $fl)
   OUT=$(mktemp -d /var/tmp/nhrpbridge-lab.XXXXXX)
   chmod 755 "$OUT"
   mkdir -p "$OUT/src" "$OUT/uml"
@@ -123,7 +141,8 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
     spoke3:203.0.113.13:203.0.113.99 spoke4:203.0.113.14 spoke5:203.0.113.15
   for spec in hub:hub:198.51.100.1:203.0.113.1 spoke1:spoke:auto:203.0.113.11 \
               spoke2:spoke:198.51.100.12:203.0.113.12 spoke3:spoke:198.51.100.13:203.0.113.13 \
-              spoke4:spoke:192.0.2.14:203.0.113.14 spoke5:spoke:192.0.2.15:203.0.113.15; do
+              spoke4:spoke:192.0.2.14:203.0.113.14 spoke5:spoke:192.0.2.15:203.0.113.15 \
+              $( [ "$AUTH" = psk ] && for i in $(seq 101 112); do echo spoke$i:spoke:198.51.100.$i:203.0.113.$i; done); do
     IFS=: read -r n role nbma gre <<<"$spec"
     mkdir -p "$OUT/$n"
     node_yaml $n $role $nbma $gre > "$OUT/$n/nhrpbridge.yaml"
@@ -139,9 +158,9 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
   fi
   local t0 t1 upid n=0
   t0=$(date +%s.%N)
-  TMPDIR=/dev/shm setsid linux.uml mem=1G root=/dev/root rootfstype=hostfs rootflags="$rootdir" rw \
+  TMPDIR=/dev/shm setsid linux.uml mem=2G root=/dev/root rootfstype=hostfs rootflags="$rootdir" rw \
     uml_dir="$OUT/uml" umid=nblab-$fl init="$init" con=null con0=fd:0,fd:1 \
-    LABOUT="$OUT" SRC="$OUT/src" PY="$gpy" FLAVOUR="$fl" </dev/null >"$OUT/uml-kernel.log" 2>&1 &
+    LABOUT="$OUT" SRC="$OUT/src" PY="$gpy" FLAVOUR="$fl" LABAUTH="$AUTH" </dev/null >"$OUT/uml-kernel.log" 2>&1 &
   upid=$!
   while kill -0 $upid 2>/dev/null; do
     sleep 0.5; n=$((n+1))
@@ -151,17 +170,17 @@ one_run() { # flavour run-number -> sets RUN_OK, appends "flavour scenario verdi
   t1=$(date +%s.%N)
   WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}')
   grep -E '^FLAVOUR |^RENDER |checkconfig|^T |^GUEST-CPU |^PLUTO-STARTS|^SCENARIO|MODPROBE-FAIL|NOT UP|STAGE1' "$OUT/guest-console.log" 2>/dev/null || true
-  grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk -v f="$fl" '{print f, $2, $3}' | tr -d ':' >> "$SUMMARY" || true
+  grep '^SCENARIO' "$OUT/guest-console.log" 2>/dev/null | awk -v f="$lb" '{print f, $2, $3}' | tr -d ':' >> "$SUMMARY" || true
   if grep -q 'LAB-RESULT: PASS' "$OUT/guest-console.log" 2>/dev/null; then RUN_OK=1; else RUN_OK=0; fi
   # why a run failed, for the end of the output (CI shows only its tail)
   if [ $RUN_OK = 0 ]; then
     { grep -E '^SCENARIO [^ ]+ FAIL|^RENDER .*FAILED' "$OUT/guest-console.log" 2>/dev/null | cut -c1-600
       grep -q '^LAB-RESULT' "$OUT/guest-console.log" 2>/dev/null ||
         echo "no LAB-RESULT line (guest killed or stopped early); the console ends: $(tail -c 300 "$OUT/guest-console.log" 2>/dev/null | tr '\n' '|')"
-    } | sed "s/^/$fl run $2: /" >> "$FAILS"
+    } | sed "s/^/$lb run $2: /" >> "$FAILS"
   fi
-  echo "run $2 ($fl): $( [ $RUN_OK = 1 ] && echo PASS || echo FAIL ) in ${WALL}s (UML boot -> poweroff)"
-  echo "$fl $WALL" >> "$WALLS"
+  echo "run $2 ($lb): $( [ $RUN_OK = 1 ] && echo PASS || echo FAIL ) in ${WALL}s (UML boot -> poweroff)"
+  echo "$lb $WALL" >> "$WALLS"
   if [ $RUN_OK = 1 ] && [ $KEEP = 0 ]; then rm -rf "$OUT"; else echo "results kept in $OUT"; fi
 }
 
@@ -171,36 +190,45 @@ SUMMARY=$(mktemp); WALLS=$(mktemp); FAILS=$(mktemp); STATUS=$(mktemp)
 trap 'rm -f "$SUMMARY" "$WALLS" "$FAILS" "$STATUS" "$STATUS"-*' EXIT
 START=$(date +%s)
 ALL_OK=1
-flavour_runs() { # flavour: its REPEAT runs one after another; $STATUS-flavour says DONE
-  # at the end and FAILED per failed run (no DONE: the runs stopped on an error)
+flavour_runs() { # flavour: its REPEAT runs one after another (auth $AUTH); $STATUS-label
+  # says DONE at the end and FAILED per failed run (no DONE: the runs stopped on an error)
+  local lb; lb=$(label $1)
   for i in $(seq 1 "$REPEAT"); do
-    echo "==== lab run $i/$REPEAT, flavour $1"
+    echo "==== lab run $i/$REPEAT, $lb"
     one_run $1 $i
-    [ $RUN_OK = 1 ] || echo FAILED >> "$STATUS-$1"
+    [ $RUN_OK = 1 ] || echo FAILED >> "$STATUS-$lb"
   done
-  echo DONE >> "$STATUS-$1"
+  echo DONE >> "$STATUS-$lb"
 }
 # The flavours run side by side when the host has a CPU for each guest (a guest is one
 # CPU for all its nodes and kept about half of a host CPU busy): the lab's wall time is
 # then the slower flavour's, not the sum. Each flavour's output is printed when it ends.
-if [ "$PARALLEL" = 1 ] && [ "$(nproc)" -ge 2 ] && [ "$(echo $FLAVOURS | wc -w)" -gt 1 ]; then
-  PIDS=""
-  for fl in $FLAVOURS; do flavour_runs $fl > "$STATUS-out-$fl" 2>&1 & PIDS="$PIDS $!"; done
-  echo "==== flavours$(printf ' %s' $FLAVOURS) side by side"
-  wait $PIDS || true
-  for fl in $FLAVOURS; do cat "$STATUS-out-$fl"; done
-else
-  for fl in $FLAVOURS; do flavour_runs $fl; done
-fi
-for fl in $FLAVOURS; do
-  grep -q FAILED "$STATUS-$fl" 2>/dev/null && ALL_OK=0
-  grep -q DONE "$STATUS-$fl" 2>/dev/null || { ALL_OK=0; echo "$fl: the runs stopped on an error" >> "$FAILS"; }
+LABELS=""
+for AUTH in $AUTHS; do
+  for fl in $FLAVOURS; do LABELS="$LABELS $(label $fl)"; done
+  if [ "$PARALLEL" = 1 ] && [ "$(nproc)" -ge 2 ] && [ "$(echo $FLAVOURS | wc -w)" -gt 1 ]; then
+    PIDS=""
+    for fl in $FLAVOURS; do flavour_runs $fl > "$STATUS-out-$fl" 2>&1 & PIDS="$PIDS $!"; done
+    echo "==== $AUTH: flavours$(printf ' %s' $FLAVOURS) side by side"
+    wait $PIDS || true
+    for fl in $FLAVOURS; do cat "$STATUS-out-$fl"; done
+  else
+    for fl in $FLAVOURS; do flavour_runs $fl; done
+  fi
 done
-echo "==== summary: $REPEAT run(s) per flavour, $(( $(date +%s) - START ))s in all"
-for fl in $FLAVOURS; do
-  echo "  $fl: wall times $(awk -v f=$fl '$1==f {printf "%ss ", $2}' "$WALLS")"
-  for s in registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey nat nat-rebind nat-shared underlay-change; do
-    p=$(grep -c "^$fl $s PASS" "$SUMMARY" || true); x=$(grep -c "^$fl $s XFAIL" "$SUMMARY" || true)
+for lb in $LABELS; do
+  grep -q FAILED "$STATUS-$lb" 2>/dev/null && ALL_OK=0
+  grep -q DONE "$STATUS-$lb" 2>/dev/null || { ALL_OK=0; echo "$lb: the runs stopped on an error" >> "$FAILS"; }
+done
+echo "==== summary: $REPEAT run(s) per flavour and auth, $(( $(date +%s) - START ))s in all"
+for lb in $LABELS; do
+  echo "  $lb: wall times $(awk -v f=$lb '$1==f {printf "%ss ", $2}' "$WALLS")"
+  case $lb in
+    *-psk) list="registration shortcut no-cleartext forged-registration restarts crash-outage loss scale";;
+    *) list="registration shortcut no-cleartext forged-registration hitless-restart restarts crash-outage whack loss hub-outage peers revocation metrics rekey rekey-collision nat nat-rebind nat-shared underlay-change";;
+  esac
+  for s in $list; do
+    p=$(grep -c "^$lb $s PASS" "$SUMMARY" || true); x=$(grep -c "^$lb $s XFAIL" "$SUMMARY" || true)
     printf '    %-20s %d/%d PASS%s\n' "$s" "$p" "$REPEAT" "$( [ "$x" -gt 0 ] && echo " ($x expected failures)")"
   done
 done
