@@ -148,7 +148,7 @@ for n in sys.argv[3:]:
                "--frr", f"{d}/frr.conf", "--check", *psk])
     status = "ok" if rc == 0 else "FAILED"
     print(f"RENDER {n}: {status}", file=sys.stderr, flush=True)
-'  $LABAUTH $LABOUT $NODES spoke4 spoke5 2>$LABOUT/render.log
+'  $LABAUTH $LABOUT $NODES spoke4 spoke5 $SCALE 2>$LABOUT/render.log
   grep -v '^RENDER' $LABOUT/render.log | sed 's/^/  /'
   grep '^RENDER' $LABOUT/render.log
   grep -q '^RENDER .*FAILED' $LABOUT/render.log && RESULTS="$RESULTS render=FAIL"
