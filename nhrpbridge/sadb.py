@@ -8,11 +8,10 @@ Strategy:
 - Rule 1 (idempotence): applying a change whose effect is already present
   returns no event. Hook and log may both report one Child SA; the second report
   only enriches the record (serial, IDs), so subscribers see one child-up.
-- Rule 2 (last child): a link is (connection, local-host, remote-host,
-  remote-id); remote-id tells apart peers behind one NAT address. link-up is
-  emitted with its first Child SA, link-down only when its last one is gone,
-  whatever IKE SAs the children hang off (duplicate IKE SAs are normal in DMVPN
-  when both spokes initiate).
+- Rule 2 (last child): a link is (connection, local-host, remote-host, remote-id);
+  remote-id tells apart peers behind one NAT address. link-up is emitted with its
+  first Child SA, link-down only when its last one is gone, whatever IKE SAs the
+  children hang off (duplicate IKE SAs are normal when both spokes initiate).
 - Rule 3 (incomplete hook view): updown has no IKE events, no serials and may report
   a down-host with SPIs it never announced (lab: duplicate children). An unknown down
   changes nothing (reconciliation settles it); unroute removes every child of that
@@ -36,8 +35,7 @@ Strategy:
   (`pluto.replace-hold`, 0 = off): a new Child SA on the link ends it at once with the
   link still up; an unroute, the IKE SA's end (logged, or gone from whack) or `Release`
   after `hold` end it for real.
-- Unique ids are small stable integers, never reused (persisted counters), as
-  nhrpd and VICI `terminate ike-id=` expect.
+- Unique ids: small stable integers, never reused (persisted), as VICI `ike-id=` expects.
 """
 from __future__ import annotations
 
@@ -194,6 +192,8 @@ class SaDatabase(SaTables):
                     and up.remote_id in ("", parent.remote_id):
                 self._relink(found, parent.remote_id)   # a NAT conn's child, first guessed
             return
+        if self.unnamed_twin(up):
+            return              # the hook's Child SA, seen by whack without SPIs (satables)
         ike, guessed = self._ike_for_child(up)
         remote_id = up.remote_id or ("" if guessed else ike.remote_id)
         child = ChildSa(

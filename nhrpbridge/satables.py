@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .sa import ChildSa, IkeSa, Link, LinkKey
+from .sa import ChildSa, ChildUp, IkeSa, Link, LinkKey
 
 __all__ = ["SaTables"]
 
@@ -114,6 +114,17 @@ class SaTables:
     def ike_by_serial(self, serial: int) -> IkeSa | None:
         uid = self._ike_by_serial.get(serial)
         return self.ike_sas[uid] if uid is not None else None
+
+    def unnamed_twin(self, up: ChildUp) -> bool:
+        """Is `up` whack's view, without SPIs, of a Child SA only the hook reported?
+
+        whack can list a Child SA in --trafficstatus that the --showstates taken just
+        before did not show, so without SPIs: that is the hook's Child SA, not a second
+        one (a debian12 lab run counted it twice, and when pluto deleted the SA the twin
+        kept the link up: the peer's nhrpd never saw it go down)."""
+        return bool(up.serial) and not (up.spi_in or up.spi_out) and any(
+            c.serial is None and c.conn_name == up.conn_name and c.local_host == up.local_host
+            and c.remote_host == up.remote_host for c in self.child_sas.values())
 
 
     # -- persistence

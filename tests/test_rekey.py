@@ -330,3 +330,20 @@ def test_an_ike_sa_rekeyed_while_whack_ran_is_not_taken_for_gone():
     db.apply(IkeRekeyed(1, 5), 48.5)                   # (what the log follower applies)
     stale = Reconcile((), (), grace=10.0, known=((ike.uniqueid, 1),))
     assert db.apply(stale, 49.0) == [] and db.held
+
+
+def test_whack_listing_the_hooks_child_sa_without_spis_adds_no_twin():
+    """debian12 lab, restarts: --showstates ran just before the new Child SA existed,
+    --trafficstatus just after, so whack's view had it without SPIs; counted as a second
+    Child SA, it kept spoke2's link up when pluto deleted the real one."""
+    db = SaDatabase()
+    hook = ChildUp(CONN, "dmvpn", SPOKE, HUB, "", HUB_ID, spi_in=0x30, spi_out=0x31,
+                   source="updown")
+    db.apply(hook, 10.0)
+    no_spis = Reconcile((IkeUp(CONN, "dmvpn", HUB, serial=20, remote_id=HUB_ID),),
+                        (ChildUp(CONN, "dmvpn", SPOKE, HUB, "", HUB_ID, serial=21,
+                                 source="whack", ike_serial=20),), grace=10.0)
+    db.apply(no_spis, 11.0)
+    (link,) = db.links.values()
+    assert link.children and len(link.children) == 1
+    assert db.apply(down(0x30), 12.0) == [] and db.held     # the last one: held, as it should
