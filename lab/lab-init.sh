@@ -313,9 +313,10 @@ for n in sys.argv[3:]:
   # ---- 19. rekey-collision: both ends of spoke1's hub link rekey at the same moment -----
   # whack at the hub and at spoke1 at once (4.x: --rekey-ipsec/--rekey-ike --name SERIAL;
   # 5.x: --rekey-child/--rekey-ike --name #SERIAL), the Child SA first, then the IKE SA,
-  # while spoke1 pings the hub. Both ends must log the rekey they initiated (the collision
-  # happened); PASS: no link-down in either nhrpbridge, spoke1's nhrpd keeps its NHS link,
-  # the hub's cache keeps spoke1, at most 1 of 80 pings lost.
+  # while spoke1 pings the hub, with IKE between them held back for 1.5 s so that both
+  # requests are outstanding at once. Both ends must log the rekey they initiated; PASS:
+  # no link-down in either nhrpbridge, spoke1's nhrpd keeps its NHS link, the hub's cache
+  # keeps spoke1, at most 1 of 80 pings lost.
   echo "T rekey-collision-start $(up)"
   R20=PASS; W20=""
   rk() { # node serial-or-conn ike|child: ask pluto for a rekey now, not waiting for it
@@ -335,12 +336,21 @@ for n in sys.argv[3:]:
   HI=$(wk hub --showstates | grep -E '198\.51\.100\.11:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA' | grep -o '#[0-9]*' | tr -d '#' | newest)
   if [ -z "$HC" ] || [ -z "$HI" ]; then R20=FAIL; W20="$W20 no SA of spoke1 on the hub to rekey (child '$HC', IKE '$HI');"
   else
+    # the guest's one CPU ran the two whacks one after the other, and the spoke's request
+    # reached the hub before the hub's own whack (4.10: "not rekey stale Child SA"): no
+    # collision. So IKE between the two is dropped while both start, and let through 1.5 s
+    # later: each end's retransmitted request meets the other's, outstanding
+    ikeblock() { for p in 500 4500; do
+        ip netns exec labhub iptables-legacy -$1 INPUT -s 198.51.100.11 -p udp --dport $p -j DROP
+        ip netns exec labhub iptables-legacy -$1 OUTPUT -d 198.51.100.11 -p udp --dport $p -j DROP; done; }
+    ikeblock I
     rk hub $HC child > /tmp/lab/rk1 & K1=$!; rk spoke1 dmvpn-198-51-100-1 child > /tmp/lab/rk2 & K2=$!
-    wait $K1 $K2
+    wait $K1 $K2; sleep 1.5; ikeblock D
     sleep 8
     HI=$(wk hub --showstates | grep -E '198\.51\.100\.11:[0-9]+ (STATE_V2_)?ESTABLISHED_IKE_SA' | grep -o '#[0-9]*' | tr -d '#' | newest)
+    ikeblock I
     rk hub ${HI:-0} ike > /tmp/lab/rk3 & K1=$!; rk spoke1 dmvpn-198-51-100-1 ike > /tmp/lab/rk4 & K2=$!
-    wait $K1 $K2
+    wait $K1 $K2; sleep 1.5; ikeblock D
   fi
   wait $RPC
   echo "T rekey-collision-end $(up)"
