@@ -90,7 +90,7 @@ main() {
   /sbin/modprobe -d /tmp/modroot -a esp4 xfrm_user ip_gre veth bridge authenc gcm ghash_generic \
      ctr seqiv echainiv hmac sha256_generic sha512_generic drbg \
      nfnetlink nfnetlink_log x_tables xt_NFLOG xt_hashlimit ip_tables iptable_filter \
-     nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE nf_conntrack_netlink 2>/tmp/modprobe.err \
+     nf_conntrack nf_nat iptable_nat xt_nat xt_MASQUERADE nf_conntrack_netlink xt_tcpudp 2>/tmp/modprobe.err \
      || echo "MODPROBE-FAIL: $(tr '\n' ' ' < /tmp/modprobe.err)"
   echo > /proc/sys/kernel/modprobe
   echo "T modules-loaded $(up)"
@@ -340,9 +340,10 @@ for n in sys.argv[3:]:
     # reached the hub before the hub's own whack (4.10: "not rekey stale Child SA"): no
     # collision. So IKE between the two is dropped while both start, and let through 1.5 s
     # later: each end's retransmitted request meets the other's, outstanding
-    ikeblock() { for p in 500 4500; do
-        ip netns exec labhub iptables-legacy -$1 INPUT -s 198.51.100.11 -p udp --dport $p -j DROP
-        ip netns exec labhub iptables-legacy -$1 OUTPUT -d 198.51.100.11 -p udp --dport $p -j DROP; done; }
+    ikeblock() { ok=0; for p in 500 4500; do   # (needs xt_tcpudp)
+        ip netns exec labhub iptables-legacy -$1 INPUT -s 198.51.100.11 -p udp --dport $p -j DROP || ok=1
+        ip netns exec labhub iptables-legacy -$1 OUTPUT -d 198.51.100.11 -p udp --dport $p -j DROP || ok=1
+      done; [ $ok = 0 ] || { R20=FAIL; W20="$W20 iptables could not hold IKE back ($1);"; }; }
     ikeblock I
     rk hub $HC child > /tmp/lab/rk1 & K1=$!; rk spoke1 dmvpn-198-51-100-1 child > /tmp/lab/rk2 & K2=$!
     wait $K1 $K2; sleep 1.5; ikeblock D
