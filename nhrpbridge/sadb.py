@@ -341,6 +341,11 @@ class SaDatabase(SaTables):
             ike = self.ike_by_serial(up.serial)
             if ike is not None:
                 seen_ike.add(ike.uniqueid)
+        # a held Child SA whose IKE SA is gone ends before a replacement on another IKE
+        # SA joins its link: the peer lost the SA, and nhrpd must see the link go down to
+        # register again (lab: the hub's registration recovery, spoke2 back in 2.3 s)
+        for uid in [u for u in self.held if self.ike_gone(self.child_sas[u], seen_ike, rc, self._now)]:
+            self._remove_child(self.child_sas[uid])
         seen_child: set[int] = set()
         for cup in rc.child_sas:
             self._child_up(cup)
@@ -348,18 +353,12 @@ class SaDatabase(SaTables):
                                   cup.serial)
             if c is not None:
                 seen_child.add(c.uniqueid)
-        known = dict(rc.known)
         for c in list(self.child_sas.values()):
-            # spared if reported within the grace (not for a clock stepped back); a held one
-            # ends once its IKE SA (known before whack was asked, or past its grace) is gone
-            ike = self.ike_sas.get(c.ike_uniqueid)
-            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas and (
-                    ike is not None and bool(ike.serial) and ike.uniqueid not in seen_ike
-                    and (known.get(ike.uniqueid) == ike.serial
-                         or not 0 <= self._now - max(ike.established, ike.rekeyed) < rc.grace)
-                    if c.uniqueid in self.held
-                    else not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace):
+            # spared if reported within the grace (not for a clock stepped back)
+            if c.uniqueid not in seen_child and c.uniqueid in self.child_sas and c.uniqueid \
+                    not in self.held and not 0 <= self._now - max(c.installed, c.rekeyed) < rc.grace:
                 self._remove_child(c)
+        known = dict(rc.known)
         for ike in list(self.ike_sas.values()):      # (the log may be ahead of whack too)
             if ike.uniqueid not in seen_ike and ike.uniqueid in self.ike_sas and not self.children_of_ike(
                     ike.uniqueid) and (known.get(ike.uniqueid) == ike.serial

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .sa import ChildSa, ChildUp, IkeSa, Link, LinkKey
+from .sa import ChildSa, ChildUp, IkeSa, Link, LinkKey, Reconcile
 
 __all__ = ["SaTables"]
 
@@ -114,6 +114,14 @@ class SaTables:
     def ike_by_serial(self, serial: int) -> IkeSa | None:
         uid = self._ike_by_serial.get(serial)
         return self.ike_sas[uid] if uid is not None else None
+
+    def ike_gone(self, child: ChildSa, seen_ike: set[int], rc: Reconcile, now: float) -> bool:
+        """Has `child`'s IKE SA left pluto (whack, asked after we knew it, lists it no more;
+        or it is past the reconciliation's grace)?"""
+        ike = self.ike_sas.get(child.ike_uniqueid)
+        return ike is not None and bool(ike.serial) and ike.uniqueid not in seen_ike and (
+            dict(rc.known).get(ike.uniqueid) == ike.serial
+            or not 0 <= now - max(ike.established, ike.rekeyed) < rc.grace)
 
     def unnamed_twin(self, up: ChildUp) -> bool:
         """Is `up` whack's view, without SPIs, of a Child SA only the hook reported?

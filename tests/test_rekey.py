@@ -347,3 +347,37 @@ def test_whack_listing_the_hooks_child_sa_without_spis_adds_no_twin():
     (link,) = db.links.values()
     assert link.children and len(link.children) == 1
     assert db.apply(down(0x30), 12.0) == [] and db.held     # the last one: held, as it should
+
+
+def test_a_replacement_on_a_new_ike_sa_after_the_old_one_is_gone_flaps_the_link():
+    """debian12 lab, restarts: the hub deleted spoke2's IKE SA (registration recovery) and
+    spoke2's pluto had a new IKE SA and Child SA 2.3 s later; the next reconciliation saw
+    both at once, the new Child SA took the held link over, and spoke2's nhrpd, never
+    seeing it go down, never registered again. The old IKE SA's end comes first now."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 0.0)            # IKE #1 and its child
+    assert db.apply(down(0x10), 50.0) == []            # held
+    (ike,) = db.ike_sas.values()
+    fresh = pluto_view(parse_showstates(
+        f'000 #7: "{CONN}":500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA); newest;\n'
+        f'000 #8: "{CONN}":500 STATE_V2_ESTABLISHED_CHILD_SA (IPsec SA established); '
+        'newest; eroute owner; IKE SA #7; idle;\n'
+        f'000 #8: "{CONN}" esp.20@{HUB} esp.21@{SPOKE} Traffic: ESPin=0B ESPout=0B\n'),
+        parse_trafficstatus(f'006 #8: "{CONN}", type=ESP, add_time=1, inBytes=0, outBytes=0, '
+                            f"id='{HUB_ID}'\n"), {CONN: SPOKE}, {CONN: HUB})
+    events = kinds(db.apply(Reconcile(fresh.ike_sas, fresh.child_sas, grace=10.0,
+                                      known=((ike.uniqueid, 1),)), 51.0))
+    assert events.index("link-down") < events.index("link-up")
+    (link,) = db.links.values()
+    assert len(link.children) == 1 and not db.held
+
+
+def test_a_replacement_on_the_same_ike_sa_still_does_not_flap():
+    """Rule 5 unchanged: pluto's own replacement on the live IKE SA keeps the link up."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 0.0)
+    assert db.apply(down(0x10), 50.0) == []
+    (ike,) = db.ike_sas.values()
+    assert "link-down" not in kinds(db.apply(
+        Reconcile(whack([(3, 0x20, 0x21)]).ike_sas, whack([(3, 0x20, 0x21)]).child_sas,
+                  grace=10.0, known=((ike.uniqueid, 1),)), 51.0))
