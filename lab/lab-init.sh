@@ -837,6 +837,7 @@ with urllib.request.urlopen(req, timeout=10) as r:
   RJ0=$(nblog hub | grep -c 'binding-rejected: .* from NBMA 198\.51\.100\.21 ')
   AC0=$(nblog hub | grep -c 'binding-accepted: .* from NBMA 198\.51\.100\.21 ')
   AMB0=$(nblog hub | grep -c 'binding-rejected: .* peers share NBMA 198\.51\.100\.21 ')
+  NBL0=$(nblog hub | wc -l)
   start_pluto spoke5
   waitfor 20 wk spoke5 --globalstatus || W16="$W16 spoke5's pluto slow to start;"
   start_stack spoke5; wait $!
@@ -863,13 +864,18 @@ with urllib.request.urlopen(req, timeout=10) as r:
   C5=$(hub_has 203.0.113.15 | head -1 | cut -c1-80); C4=$(hub_has 203.0.113.14 | head -1 | cut -c1-80)
   echo "  hub links at .21: $LINKS; IKE endpoints: $PORTS; hub Child SAs at .21: $KIDS"
   nblog hub | grep 'binding-[a-z]*: .* from NBMA 198\.51\.100\.21 ' | tail -4 | cut -c1-260 | sed 's/^/  hub: /'
-  case "$LINKS" in *CN=spoke4*CN=spoke5*) ;; *) R16=FAIL; W16="$W16 nhrpbridge does not hold one link per spoke at .21 ('$LINKS');";; esac
+  # pluto's two Child SAs churn (the rekeys of one hit `File exists`, TS_UNACCEPTABLE),
+  # so both links are not always up at one instant (a debian13 run saw only spoke5's over
+  # the 30 s): an ambiguous-peer judgement naming both IDs is nhrpbridge holding them as
+  # two links then
+  BOTH=$(nblog hub | tail -n +$((NBL0 + 1)) | grep 'peers share NBMA 198\.51\.100\.21 ' | sed 's/.*peers share NBMA//' | grep 'CN=spoke4' | grep -c 'CN=spoke5')
+  case "$LINKS" in *CN=spoke4*CN=spoke5*) ;; *) [ "$BOTH" -ge 1 ] || { R16=FAIL; W16="$W16 nhrpbridge never held one link per spoke at .21 ('$LINKS', no judgement naming both);"; };; esac
   if [ "$WRONG" != 0 ]; then R16=FAIL; W16="$W16 $WRONG bindings accepted on the other spoke's certificate;"
   elif [ $R16 = FAIL ]; then :
   elif [ -n "$C5" ] && [ -n "$C4" ] && [ $P5 -ge 9 ] && [ $P4 -ge 9 ]; then R16=PASS
   elif [ "$AMB" -ge 1 ]; then R16=XFAIL; W16="$W16 nhrpd keys peers by NBMA address (FRR issue 8308): it asked for both spokes' bindings at one address, and nhrpbridge, unable to tell which peer sent them, rejected them;"
   else R16=FAIL; W16="$W16 not both registered and no ambiguity shown;"; fi
-  scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
+  scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS; judgements naming both IDs: $BOTH); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
 
   # ---- 18. underlay-change: spoke1's address changes as DHCP would do it ------------------
   # spoke1 runs with `nbma: auto`. nhrpd sees the new tunnel source address and asks to
