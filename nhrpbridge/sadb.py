@@ -35,8 +35,7 @@ Strategy:
   (`pluto.replace-hold`, 0 = off): a new Child SA on the link ends it at once with the
   link still up; an unroute, the IKE SA's end (logged, or gone from whack) or `Release`
   after `hold` end it for real.
-- Unique ids: small stable integers, never reused (persisted), as VICI `ike-id=` expects.
-"""
+- Unique ids: small stable integers, never reused (persisted), as VICI `ike-id=` expects."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -239,8 +238,9 @@ class SaDatabase(SaTables):
             if getattr(up, k):
                 values[k] = getattr(up, k)
         existing = self.ike_by_serial(up.serial)
-        if existing is None and self._ike_replaced.get(up.serial) in self.ike_sas:
-            return      # rule 4: a rekeyed IKE SA lingers in pluto until it is deleted
+        if existing is None and (self._ike_replaced.get(up.serial) in self.ike_sas
+                                 or self._ike_alias.get(up.serial) in self.ike_sas):
+            return      # rule 4: a rekeyed IKE SA lingers until deleted; a collision's twin
         if existing is None:
             # adopt an IKE SA we inferred from a Child SA of the same peer
             for ike in self._ikes_of_peer(up.connection, up.remote_host):
@@ -282,6 +282,8 @@ class SaDatabase(SaTables):
         if alias is not None:               # the winner was the other end's rekey
             del self._ike_alias[alias]
             self._set_ike(ike, replace(ike, serial=alias))
+            for c in [c for c in self.children_of_ike(ike.uniqueid) if c.uniqueid in self.held]:
+                self._remove_child(c)       # its Child SA's IKE SA is gone: no replacement hides it
             return
         self._drop_ike(ike)
 
@@ -338,9 +340,8 @@ class SaDatabase(SaTables):
         seen_ike: set[int] = set()
         for up in rc.ike_sas:
             self._ike_up(up)
-            ike = self.ike_by_serial(up.serial)
-            if ike is not None:
-                seen_ike.add(ike.uniqueid)
+            if (uid := self._ike_by_serial.get(up.serial, self._ike_alias.get(up.serial))) is not None:
+                seen_ike.add(uid)
         # a held Child SA whose IKE SA is gone ends before a replacement on another IKE
         # SA joins its link: the peer lost the SA, and nhrpd must see the link go down to
         # register again (lab: the hub's registration recovery, spoke2 back in 2.3 s)

@@ -381,3 +381,19 @@ def test_a_replacement_on_the_same_ike_sa_still_does_not_flap():
     assert "link-down" not in kinds(db.apply(
         Reconcile(whack([(3, 0x20, 0x21)]).ike_sas, whack([(3, 0x20, 0x21)]).child_sas,
                   grace=10.0, known=((ike.uniqueid, 1),)), 51.0))
+
+
+def test_a_held_child_ends_when_its_ike_sa_dies_after_an_ike_rekey_collision():
+    """debian13 lab, restarts: spoke1's and the hub's plutos rekeyed IKE SA #12 at once
+    (#21 responder, #20 initiator); whack listing #20 then made an ID-less second record,
+    and when the hub deleted #21 the held Child SA stayed on the surviving alias, so the
+    revived SA took the link over and spoke1's nhrpd never registered again."""
+    db = SaDatabase()
+    db.apply(whack([(2, 0x10, 0x11)]), 0.0)            # IKE #1 (the lab's #12)
+    db.apply(IkeRekeyed(1, 21), 10.0)                  # "#21: responder rekeyed IKE SA #1"
+    db.apply(IkeRekeyed(1, 20), 10.1)                  # "#20: initiator rekeyed IKE SA #1"
+    twin = Reconcile((IkeUp(CONN, "dmvpn", HUB, serial=20, local_host=SPOKE),),
+                     whack([(2, 0x10, 0x11)]).child_sas, grace=10.0)
+    assert "ike-up" not in kinds(db.apply(twin, 11.0)) and len(db.ike_sas) == 1
+    assert db.apply(down(0x10), 50.0) == []            # the hub deletes the Child SA: held
+    assert kinds(db.apply(IkeDown(21), 50.4)) == ["child-down", "link-down"]
