@@ -289,12 +289,36 @@ class PlutoController(Initiating):
         ids = dict.fromkeys(serials, "")
         ids.update({ike.serial: ike.remote_id for ike in self.db.ike_sas.values()
                     if ike.serial in ids})
+        if serials:
+            await self._settle(serials)
         for argv in calls:
             await self.call(argv, " ".join(argv[2:]))
         # (4.x only: the stuck queue was seen there; 5.2 deleted at once in every lab run)
         forced = await self._force_gone(ids) if ids and self.whack.version[0] < 5 else 0
         await self._quiet_reconcile()
         return {"terminated": len(calls), **({"forced": forced} if forced else {})}
+
+    async def _settle(self, serials: list[int]) -> None:
+        """Wait (up to TERMINATE_CONFIRM s) until pluto lists these IKE SAs as established
+        or no more. pluto 5.2 logs `established IKE SA` in the middle of a responder's
+        IKE_AUTH; deleted before that exchange ends, it crashed (a lab run: a revoked
+        spoke's new IKE SA terminated at once took the hub's pluto, and every SA, down)."""
+        deadline = self.clock() + self.terminate_confirm
+        while True:
+            try:
+                busy = [s for s in await self.states() if s.serial in serials and not s.established]
+            except PlutoError:                  # pluto gone: the delete will say so
+                return
+            if not busy:
+                return
+            if self.clock() >= deadline:
+                log.warning("deleting IKE SA %s although pluto still has it in %s after %.0f s",
+                            ", ".join(f"#{s.serial}" for s in busy), busy[0].name,
+                            self.terminate_confirm)
+                return
+            log.debug("IKE SA %s in %s: its delete waits for the exchange to end",
+                      ", ".join(f"#{s.serial}" for s in busy), busy[0].name)
+            await asyncio.sleep(0.5)
 
     async def _force_gone(self, ids: dict[int, str]) -> int:
         """A deleted IKE SA that pluto still has after TERMINATE_CONFIRM s is deleted by its

@@ -217,6 +217,28 @@ def test_an_ike_sa_pluto_keeps_after_its_deletion_is_deleted_by_peer_id(tmp_path
     assert len(runner.named("--deleteid")) == 1
 
 
+def test_an_ike_sa_in_the_middle_of_its_exchange_is_deleted_only_once_established(tmp_path):
+    """pluto 5.2 crashed when a revoked spoke's new IKE SA was deleted while its IKE_AUTH
+    was still being answered (a lab run); the delete now waits for the exchange to end."""
+    busy = ('#125: "dmvpn"[44] 198.51.100.12:500 IKE_SA_INIT_R (sent IKE_SA_INIT response, '
+            'waiting for IKE_INTERMEDIATE or IKE_AUTH request); EVENT_v2_DISCARD in 10s; idle;\n')
+    done = busy.replace("IKE_SA_INIT_R (sent IKE_SA_INIT response, waiting for IKE_INTERMEDIATE"
+                        " or IKE_AUTH request)", "ESTABLISHED_IKE_SA (established IKE SA)")
+    runner = RecordingWhack(showstates=busy, version="Libreswan 5.2")
+    _, ctl = make(tmp_path, runner)
+
+    async def scenario():
+        task = asyncio.create_task(ctl.terminate("dmvpn", "198.51.100.12"))
+        await asyncio.sleep(1.2)
+        before = runner.named("#125")
+        runner.showstates = done
+        await asyncio.wait_for(task, 5)
+        return before
+
+    assert asyncio.run(scenario()) == []
+    assert runner.named("#125") == [["ipsec", "whack", "--name", "#125", "--down"]]
+
+
 def test_delete_by_peer_id_refuses_what_whack_would_misread():
     with pytest.raises(PlutoError):
         Whack().delete_id("C=XX, CN=a\nb\x00")
