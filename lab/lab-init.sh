@@ -19,6 +19,7 @@
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
 LABAUTH=${LABAUTH:-cert}    # cert | psk (run-lab.sh --auth): a PSK run has the base scenarios only
+# (and dual-hub: a second hub, 198.51.100.2 / 203.0.113.2, an NHS of spoke1-3 there)
 if [ "$LABSTAGE" != 2 ]; then
   mount -t proc proc /proc
   mount -t tmpfs tmpfs /tmp
@@ -51,6 +52,9 @@ vt() { ip netns exec lab$1 vtysh --vty_socket /tmp/lab/$1/frr -c "$2" 2>&1; }
 wk() { ipsec whack --rundir /tmp/lab/$1/run "$2"; }
 nblog() { cat "$LABOUT/$1/nhrpbridge.log" 2>/dev/null; }
 RESULTS=""
+# run-lab.sh --only a,b: these scenarios only (registration always runs; a scenario may
+# count on what an earlier one left, e.g. nat-rebind on nat: name both)
+want() { [ -z "$LABONLY" ] || case ",$LABONLY," in *",$1,"*) return 0;; *) return 1;; esac; }
 scenario() { # name verdict evidence
   echo "SCENARIO $1 $2: $3"; RESULTS="$RESULTS $1=$2"
 }
@@ -66,7 +70,8 @@ waitfor() { # seconds command...: poll until the deadline (guest uptime), every 
 }
 # scenario scale (PSK runs): twelve more spokes, 198.51.100.101-112 / 203.0.113.101-112
 SCALE=""; [ "$LABAUTH" = psk ] && for i in $(seq 101 112); do SCALE="$SCALE spoke$i"; done
-ip_of() { case $1 in spoke1[0-9][0-9]) echo ${1#spoke};; hub) echo 1;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; spoke5) echo 15;; esac; }
+[ "$LABAUTH" = psk ] && NODES="hub hub2 spoke1 spoke2 spoke3"
+ip_of() { case $1 in spoke1[0-9][0-9]) echo ${1#spoke};; hub) echo 1;; hub2) echo 2;; spoke1) echo 11;; spoke2) echo 12;; spoke3) echo 13;; spoke4) echo 14;; spoke5) echo 15;; esac; }
 
 start_pluto() { # node (respawn loop; pid in run/pluto.pid)
   n=$1
@@ -81,7 +86,7 @@ start_pluto() { # node (respawn loop; pid in run/pluto.pid)
 
 main() {
   echo "FLAVOUR $FLAVOUR: $(. /etc/os-release; echo "$PRETTY_NAME"), $(ipsec --version 2>&1 | head -1),\
- FRR $(/usr/lib/frr/nhrpd --version 2>&1 | sed -n 's/.*version //p' | head -1), $($PY --version 2>&1), auth $LABAUTH"
+ FRR $(/usr/lib/frr/nhrpd --version 2>&1 | sed -n 's/.*version //p' | head -1), $($PY --version 2>&1), auth $LABAUTH${LABONLY:+, only $LABONLY}"
   echo "T kernel-up $(up)"
   PV=$(ipsec --version 2>&1 | sed -n 's/.*Libreswan U\{0,1\}\([0-9]*\.[0-9]*\).*/\1/p' | head -1)
   KV=$(uname -r)
@@ -125,8 +130,11 @@ main() {
     # bound to eth0, or zebra sets gre1 admin-down (seen with FRR 8.4)
     ip -n lab$n tunnel add gre1 mode gre key 42 ttl 64 dev eth0
     ip -n lab$n addr add 203.0.113.$o/32 dev gre1; ip -n lab$n link set gre1 up
-    if [ $n = hub ]; then ip -n lab$n route add 203.0.113.0/24 dev gre1
-    else ip -n lab$n route add 203.0.113.0/24 via 203.0.113.1 dev gre1 onlink; fi
+    case $n in hub|hub2) ip -n lab$n route add 203.0.113.0/24 dev gre1;;
+      *) ip -n lab$n route add 203.0.113.0/24 via 203.0.113.1 dev gre1 onlink
+         # hub2 (PSK runs) is reached directly: spoke -> hub2 traffic must not need hub1
+         case " $NODES " in *" hub2 "*) case $n in spoke[123]) ip -n lab$n route add 203.0.113.2/32 dev gre1;; esac;; esac;;
+    esac
     mkdir -p /tmp/lab/$n/run /tmp/lab/$n/nss /tmp/lab/$n/nb/spool /tmp/lab/$n/frr
     chmod 700 /tmp/lab/$n/nb/spool
     case $n in spoke1[0-9][0-9]) cp -a /tmp/lab/spoke1/nss/. /tmp/lab/$n/nss/;;  # (PSK: unused)
@@ -163,7 +171,7 @@ for n in sys.argv[3:]:
     waitfor 20 wk $n --globalstatus || echo "PLUTO $n NOT UP"
   done
   echo "T plutos-up $(up)"
-  tcpdump -i br0 -nn -U -w /tmp/lab/wire.pcap 'ip proto 47 or ip proto 50 or udp port 4500' >/tmp/lab/tcpdump.log 2>&1 &
+  tcpdump -i br0 -nn -U -w /tmp/lab/wire.pcap 'ip proto 47 or ip proto 50 or udp port 4500 or udp port 500' >/tmp/lab/tcpdump.log 2>&1 &
   TD=$!
   waitfor 5 grep -q listening /tmp/lab/tcpdump.log
   ip netns exec labhub sysctl -qw net.ipv4.ip_forward=1
@@ -216,6 +224,11 @@ for n in sys.argv[3:]:
 
   # ---- 1. registration ------------------------------------------------------------
   hub_has() { vt hub 'show ip nhrp cache' | grep -E "^gre1 +dynamic +$1 " ; }
+  # spoke1's shortcut to spoke2: pluto's Child SA, and the ESP frames between them
+  direct_sa() { wk spoke1 --trafficstatus | grep -E '"dmvpn-198-51-100-12"|"dmvpn"\[[0-9]+\] 198\.51\.100\.12,'; }
+  direct_esp() { tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 50 and host 198.51.100.11 and host 198.51.100.12' 2>/dev/null | wc -l; }
+  nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
+           -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
   # 90 s each: in a slow guest run the hub's pluto once stalled 10 s at start-up (four
   # daemons starting at once on one CPU), spoke2's IKE_AUTH hit its 20 s retransmit
   # timeout and spoke2 registered 37 s after spoke1; correctness is checked, not speed
@@ -230,11 +243,10 @@ for n in sys.argv[3:]:
   [ "$ACC" -ge 2 ] && [ "$INI" -ge 1 ] || R1=FAIL
   scenario registration $R1 "hub cache has 203.0.113.11+.12 as dynamic; $ACC bindings accepted by nhrpbridge; spoke1's nhrpd initiated via VICI ($INI whack calls)"
 
+  if want shortcut; then
   # ---- 2. shortcut -----------------------------------------------------------------
   pingtest spoke1 203.0.113.1; pingtest spoke2 203.0.113.1
   echo "T shortcut-traffic-start $(up)"
-  direct_sa() { wk spoke1 --trafficstatus | grep -E '"dmvpn-198-51-100-12"|"dmvpn"\[[0-9]+\] 198\.51\.100\.12,'; }
-  direct_esp() { tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 50 and host 198.51.100.11 and host 198.51.100.12' 2>/dev/null | wc -l; }
   SC=FAIL; i=0
   while [ $i -lt 40 ]; do
     ping_ok spoke1 203.0.113.12
@@ -257,7 +269,9 @@ for n in sys.argv[3:]:
   for n in hub spoke1; do for w in showstates trafficstatus; do
     wk $n --$w > $LABOUT/$n/whack-$w.txt 2>&1; done; done
   scenario shortcut $SC "after 20 more pings: spoke1 route '$RT'; direct ESP frames $E0 -> $E1; direct SA: '$(direct_sa | head -1 | cut -c1-70)'"
+  fi
 
+  if want no-cleartext; then
   # ---- 5. no cleartext (over everything so far) -----------------------------------
   sleep 0.5
   GRE=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 47' 2>/dev/null | wc -l)
@@ -265,8 +279,10 @@ for n in sys.argv[3:]:
   D12=$(tcpdump -nn -r /tmp/lab/wire.pcap 'ip proto 50 and host 198.51.100.11 and host 198.51.100.12' 2>/dev/null | wc -l)
   [ "$GRE" -eq 0 ] && [ "$ESP" -ge "$PINGS" ] && [ "$D12" -gt 0 ] && R5=PASS || R5=FAIL
   scenario no-cleartext $R5 "bridge capture: cleartext GRE=$GRE, ESP=$ESP (>= $PINGS pings sent), direct spoke1<->spoke2 ESP=$D12"
+  fi
 
   if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
+  if want rekey; then
   # ---- 14. rekey: 150 s of pings spoke1 -> hub and spoke1 -> spoke2 (the shortcut) while
   # every SA rekeys (the lab's lifetimes: Child SAs 60 s, IKE SAs 150 s, margin 20 s): no
   # link may go down in nhrpbridge, no spoke's nhrpd may lose its NHS link, the hub's cache
@@ -309,7 +325,9 @@ for n in sys.argv[3:]:
   [ "$CR1" -ge 3 ] && [ "$CR2" -ge 3 ] || { R14=FAIL; W14="$W14 fewer than 3 Child SA rekeys per link;"; }
   [ "$IR1" -ge 1 ] && [ "$IR2" -ge 1 ] || { R14=FAIL; W14="$W14 no IKE SA rekey on a link;"; }
   scenario rekey $R14 "150 s, lifetimes 60 s/150 s, spoke2 without the log follower: spoke1<->hub $CR1 Child SA and $IR1 IKE SA rekeys (hub's pluto log), spoke1<->spoke2 $CR2 and $IR2 (spoke2's); link-downs in nhrpbridge:$LDS; spokes' nhrpd 'NHS: Waiting link':$NHW; hub cache kept >= $MINC spokes; pings ${RK1:-0}/300 to the hub, ${RK2:-0}/300 to spoke2;$W14"
+  fi
 
+  if want rekey-collision; then
   # ---- 19. rekey-collision: both ends of spoke1's hub link rekey at the same moment -----
   # whack at the hub and at spoke1 at once (4.x: --rekey-ipsec/--rekey-ike --name SERIAL;
   # 5.x: --rekey-child/--rekey-ike --name #SERIAL), the Child SA first, then the IKE SA,
@@ -372,9 +390,11 @@ for n in sys.argv[3:]:
   since_h | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  hub: /' | head -12
   since_s | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  spoke1: /' | head -12
   scenario rekey-collision $R20 "hub (Child #$HC, IKE #$HI) and spoke1 rekeyed at once: rekeys initiated Child SA hub $HIC spoke1 $SIC, IKE SA hub $HII spoke1 $SII; rekeys completed (log lines) hub $HDONE spoke1 $SDONE; link-downs hub $LDH spoke1 $LDS1; spoke1 nhrpd 'NHS: Waiting link' $NHWC; hub cache '$(hub_has 203.0.113.11 | head -1 | cut -c1-60)'; pings ${RC:-0}/80; whack said: '$(cat /tmp/lab/rk1 /tmp/lab/rk2 /tmp/lab/rk3 /tmp/lab/rk4 2>/dev/null | tr '\n' ' ' | cut -c1-120)';$W20"
+  fi
 
   fi
 
+  if want forged-registration; then
   # ---- 4. forged registration --------------------------------------------------------
   waitfor 30 sh -c "grep -q 'binding-rejected: GRE 203.0.113.13 from NBMA 198.51.100.13' $LABOUT/hub/nhrpbridge.log"
   REJ=$(nblog hub | grep 'binding-rejected: GRE 203.0.113.13' | head -1)
@@ -386,11 +406,69 @@ for n in sys.argv[3:]:
   if [ -n "$REJ" ] && ! hub_has 203.0.113.13 >/dev/null && echo "$REJ" | grep -q "$WHY4"; then
     R4=PASS; else R4=FAIL; fi
   scenario forged-registration $R4 "spoke3 claims 203.0.113.13 with $CLAIM4: $(echo "$REJ" | sed 's/.*binding-rejected: //' | cut -c1-150); hub cache entry for .13: '$(hub_has 203.0.113.13 | head -1)'"
+  fi
 
-  nb() { n=$1; shift; ip netns exec lab$n env PYTHONPATH=$SRC $PY -m nhrpbridge "$@" \
-           -c $LABOUT/$n/nhrpbridge.yaml 2>&1; }
+  if [ "$LABAUTH" = psk ] && want dual-hub; then
+  # ---- 21. dual-hub (PSK runs): spoke1-3 have two NHS, hub (.1) and hub2 (.2) ----------
+  # hub is stopped entirely (nhrpbridge, nhrpd, zebra, pluto --shutdown) for about 30 s: spoke ->
+  # hub2 pings and the spoke1 <-> spoke2 shortcut must go on; hub back, both spokes must
+  # register with it again (well within holdtime/3 = 2400 s: 120 s here) with no new IKE
+  # SA to hub2 (the lab's 150 s lifetimes rekey IKE SAs all the time: a rekey is a
+  # CREATE_CHILD_SA exchange, a new IKE SA an IKE_SA_INIT on the wire, counted below)
+  echo "T dual-hub-start $(up)"
+  R21=PASS; W21=""
+  hub2_has() { vt hub2 'show ip nhrp cache' | grep -E "^gre1 +dynamic +$1 " ; }
+  for s in 203.0.113.11 203.0.113.12; do
+    waitfor 60 hub2_has $s || { R21=FAIL; W21="$W21 $s not registered with hub2;"; }; done
+  # the shortcut: formed while both hubs are up (resolution goes through hub)
+  pingtest spoke1 203.0.113.12; i=0
+  until direct_sa >/dev/null && ! ip -n labspoke1 route get 203.0.113.12 | grep -q via; do
+    ping_ok spoke1 203.0.113.12; i=$((i+1)); [ $i -ge 40 ] && break; sleep 0.5; done
+  direct_sa >/dev/null || { R21=FAIL; W21="$W21 no spoke1 <-> spoke2 shortcut before the stop;"; }
+  ike_init2() { tcpdump -nn -r /tmp/lab/wire.pcap 'host 198.51.100.2 and ((udp port 500 and udp[26] = 34) or (udp port 4500 and udp[8:4] = 0 and udp[30] = 34))' 2>/dev/null | wc -l; }
+  NHS1=$(vt spoke1 'show ip nhrp nhs' | grep -cE '198\.51\.100\.[12] ')
+  II0=$(ike_init2); E0=$(direct_esp)
+  touch /tmp/lab/hub/norespawn /tmp/lab/hub/norespawn-pluto
+  d=/tmp/lab/hub/frr
+  kill $(cat $d/nhrpd.pid) $(cat $d/zebra.pid) $(cat $d/mgmtd.pid 2>/dev/null) $(cat /tmp/lab/hub/nb.pid) 2>/dev/null
+  wk hub --shutdown >/dev/null 2>&1; TS=$(up)
+  hub_gone() { ! pgrep -f "rundir /tmp/lab/hub/run" >/dev/null && ! kill -0 $(cat /tmp/lab/hub/nb.pid) 2>/dev/null &&
+    ! kill -0 $(cat $d/nhrpd.pid) 2>/dev/null; }
+  waitfor 20 hub_gone || { R21=FAIL; W21="$W21 hub's daemons still running 20 s after the stop;"; }
+  echo "T dual-hub-hub-stopped $TS"
+  # without hub: 40 rounds of pings, spoke1 -> hub2, spoke1 -> spoke2 and back
+  P2H=0; P12=0; P21=0; k=0
+  while [ $k -lt 40 ]; do
+    ping_ok spoke1 203.0.113.2 && P2H=$((P2H+1)); ping_ok spoke1 203.0.113.12 && P12=$((P12+1))
+    ping_ok spoke2 203.0.113.11 && P21=$((P21+1)); k=$((k+1)); sleep 0.5; done
+  E1=$(direct_esp)
+  C2=$(vt hub2 'show ip nhrp cache' | grep -cE '^gre1 +dynamic +203\.0\.113\.1[12] ')
+  RT21=$(ip -n labspoke1 route get 203.0.113.12 | head -1)
+  NHSD=$(vt spoke1 'show ip nhrp nhs' | grep -E '198\.51\.100\.[12] ' | tr -s ' ' | tr '\n' ';')
+  [ $P2H -ge 39 ] || { R21=FAIL; W21="$W21 spoke1 -> hub2 pings $P2H/40;"; }
+  [ $P12 -ge 39 ] && [ $P21 -ge 39 ] || { R21=FAIL; W21="$W21 shortcut pings $P12/40 and $P21/40;"; }
+  [ $E1 -ge $((E0 + 2 * 78)) ] || { R21=FAIL; W21="$W21 direct spoke1<->spoke2 ESP frames $E0 -> $E1 (want 2 per ping);"; }
+  case "$RT21" in *via*) R21=FAIL; W21="$W21 spoke1's route to spoke2 went back through a hub: '$RT21';";; esac
+  [ "$C2" = 2 ] || { R21=FAIL; W21="$W21 hub2's cache had $C2 of the 2 spokes while hub was down;"; }
+  # hub back: its daemons start as at the beginning; the spokes' nhrpbridge (initiate-retry)
+  # and nhrpd bring their links up and register
+  rm -f /tmp/lab/hub/norespawn /tmp/lab/hub/norespawn-pluto
+  start_pluto hub; waitfor 20 wk hub --globalstatus || W21="$W21 hub's pluto slow to start;"
+  TB=$(up); start_stack hub; wait $!
+  echo "T dual-hub-hub-back $TB"
+  for s in 203.0.113.11 203.0.113.12; do
+    waitfor 120 hub_has $s || { R21=FAIL; W21="$W21 $s not registered with hub again in 120 s;"; }; done
+  TR=$(up); echo "T dual-hub-registered-again $TR"
+  sleep 3
+  II1=$(ike_init2)
+  [ "$II1" = "$II0" ] || { R21=FAIL; W21="$W21 $((II1 - II0)) IKE_SA_INIT frames to or from hub2 since the stop;"; }
+  for s in 203.0.113.11 203.0.113.12; do hub2_has $s >/dev/null || { R21=FAIL; W21="$W21 $s left hub2's cache;"; }; done
+  echo "T dual-hub-done $(up)"
+  scenario dual-hub $R21 "hub stopped for $(awk -v a=$TS -v b=$TB 'BEGIN{printf "%.0f", b-a}') s: spoke1 -> hub2 pings $P2H/40, shortcut pings spoke1 -> spoke2 $P12/40 and back $P21/40 (direct ESP frames $E0 -> $E1, route '$(echo $RT21 | cut -c1-50)'), hub2's cache kept $C2/2 spokes; spoke1 nhrpd NHS: '$(echo "$NHSD" | cut -c1-160)'; hub back: both spokes in its cache $(awk -v a=$TB -v b=$TR 'BEGIN{printf "%.1f", b-a}') s after its daemons started; IKE_SA_INIT frames with hub2 since the stop: $((II1 - II0)) (before it: $II0); spoke1 had $NHS1 NHS entries;$W21"
+  fi
 
   if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
+  if want hitless-restart; then
   # ---- 8. hitless restart: `nhrpbridge restart` on the hub during pings --------------
   # nhrpd keeps its VICI connection (it logs "VICI: Connected" on every (re)connect and
   # resets every VC, deleting the dynamic cache, when it loses one): the count must not
@@ -417,9 +495,11 @@ for n in sys.argv[3:]:
   [ "$C0" -eq 2 ] && [ "$C1" -eq 2 ] || { R8=FAIL; W8="$W8 hub cache entries $C0 -> $C1;"; }
   [ "${RX:-0}" -ge 49 ] || { R8=FAIL; W8="$W8 only ${RX:-0}/50 pings answered;"; }
   scenario hitless-restart $R8 "hub: nhrpbridge restart -> $(echo "$HR" | tr -d '\n' | cut -c1-100); nhrpd 'VICI: Connected' $VC0 -> $VC1; hub cache dynamic spokes $C0 -> $C1; pings spoke1->hub ${RX:-0}/50; '$KEPT';$W8"
+  fi
 
   fi
 
+  if want restarts || want crash-outage; then
   # ---- 6. restarts -------------------------------------------------------------------
   # nhrpd resets every VC when its VICI connection drops (nhrp_vc_reset), which deletes
   # the dynamic cache entries; at holdtime 7200 the spokes would register again only after
@@ -484,8 +564,10 @@ for n in sys.argv[3:]:
   R10=PASS
   [ "$VCK1" -gt "$VCK0" ] && [ "$R6" = PASS ] || R10=FAIL
   scenario crash-outage $R10 "kill -9 of the hub's nhrpbridge without systemd: nhrpd reconnected its VICI socket ('VICI: Connected' $VCK0 -> $VCK1) and dropped the spokes ($GONE); both back in the hub's cache $(awk -v a=$TK -v b=$TBACK 'BEGIN{printf "%.1f", b-a}') s after the kill at holdtime 7200, by registration recovery (without it: up to 2400 s)"
+  fi
 
   if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
+  if want whack; then
   # ---- 7. whack: every whack form nhrpbridge uses, against this flavour's pluto ------
   echo "T whack-start $(up)"
   R7=PASS; W7=""
@@ -539,9 +621,11 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   echo "  hub terminate --ike-id $U: $T2"
   echo "T whack-done $(up)"
   scenario whack $R7 "libreswan $PV detected; hub IKE SAs to .13 whack [$WS] = nhrpbridge [$NS]; spoke3 terminate -> no SA; hub terminate by host -> none left; hub initiate ($FORM) -> IKE_SA_INIT sent, SA up; IKE #$S deleted by serial;$W7"
+  fi
 
   fi
 
+  if want loss; then
   # ---- 3. loss -----------------------------------------------------------------------
   # spoke2 is lost: its pluto dies and its kernel's SAs with it (as when the box goes; the
   # policies stay, so its GRE is dropped, not sent in clear). With pluto killed alone,
@@ -579,8 +663,10 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
     || { R3=FAIL; W3="$W3 hub nhrpd kept 203.0.113.12;"; }
   echo "T hub-cache-cleared $(up)"
   scenario loss $R3 "link-down on the hub $DT3 s after the kill; hub pluto: '$(echo "$LV" | cut -c1-140)'; hub nhrpbridge: '$(echo "$LD" | cut -c1-120)'; hub cache entry for .12: '$(hub_has 203.0.113.12 | head -1)' $W3"
+  fi
 
   if [ "$LABAUTH" = cert ]; then   # (a PSK run: the base scenarios only)
+  if want hub-outage; then
   # ---- 9. hub outage (last: it leaves stale IKE SAs behind that would disturb the others):
   # the hub unreachable for longer than per-peer-idle (20 s here) and initiate-retry (10 s
   # here), then back: spoke1 (spoke2's pluto is gone since `loss`) keeps its link to the
@@ -609,7 +695,9 @@ with ApiClient("/tmp/lab/hub/nb/api.sock") as c:
   [ "$K1" -gt "$K0" ] || { R9=FAIL; W9="$W9 spoke1's nhrpbridge never initiated the hub link again;"; }
   pingtest spoke1 203.0.113.1 || { R9=FAIL; W9="$W9 spoke1->hub ping;"; }
   scenario hub-outage $R9 "hub unreachable for $(awk -v a=$TD -v b=$TB 'BEGIN{printf "%.0f", b-a}') s; spoke1 nhrpbridge re-initiated the hub link $((K1 - K0)) times; per-peer conn deletions $DEL; spoke1 in the hub cache $(awk -v a=$TB -v b=$TR 'BEGIN{printf "%.1f", b-a}') s after the hub came back;$W9"
+  fi
 
+  if want peers; then
   # ---- 11. peers: `nhrpbridge status --peers` on the hub, joined with nhrpd's cache -----
   # spoke2's pluto is back first (gone since `loss`): its nhrpbridge brings its NHS link up
   rm -f /tmp/lab/spoke2/norespawn-pluto; start_pluto spoke2
@@ -631,7 +719,9 @@ ok = [p["nbma"] for p in d["peers"] if p["link"] == "up" and p["nhrp-type"] == "
 print(" ".join(sorted(ok)), "|", d["nhrpd"])')
   case "$PEERS_OK" in "198.51.100.11 198.51.100.12 | ok") ;; *) R11=FAIL; W11="$W11 joined view: '$PEERS_OK';";; esac
   scenario peers $R11 "hub status --peers: link up + IKE serial + nhrpd dynamic entry + accepted binding for [$PEERS_OK]; $(grep -E '^198\.51\.100\.11 ' /tmp/lab/peers.txt | tr -s ' ' | cut -c1-120);$W11"
+  fi
 
+  if want revocation; then
   # ---- 12. revocation: a CRL revoking spoke2 dropped into the hub's store + reload ---
   R12=PASS; W12=""
   # spoke1 untouched: no link-down for it in the hub's nhrpbridge (its serials may change:
@@ -678,7 +768,9 @@ print(" ".join(sorted(ok)), "|", d["nhrpd"])')
   REJ2=$(nblog hub | grep 'binding-rejected: GRE 203.0.113.12 .*revoked' | tail -1 | sed 's/.*binding-rejected: //' | cut -c1-120)
   echo "  hub reload: $RL"
   scenario revocation $R12 "CRL for spoke2 + reload ($(awk -v a=$TC -v b=$TR0 'BEGIN{printf "%.1f", b-a}') s for the CLI): hub pluto '$PDEL' $TCUT s after nhrpbridge's reload (both logs' clocks), nhrpd's cache entry gone $TGONE after the CLI returned; spoke2->hub pings after: $P2/5; hub log: '$REVL'; later binding: '${REJ2:-none asked}'; spoke1: ${RX1:-0}/40 pings, link-downs $((L1B - L1A));$W12"
+  fi
 
+  if want metrics; then
   # ---- 13. metrics: the hub's /metrics, scraped once, against its log since it started --
   # counters start at 0 with each process (the kill -9 in `restarts` started a new one,
   # `restart` exec'd one): log lines are counted from the last ' ready: ', before and after.
@@ -706,7 +798,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
   grep -q '^nhrpbridge_links{connection="dmvpn",state="up"} [1-9]' $LABOUT/hub/metrics.txt || { R13=FAIL; W13="$W13 no link up;"; }
   grep -E '^nhrpbridge_(links|bindings_total|terminations_total|whack_failures_total|vici_clients|spool_backlog|log_follower_lag_bytes|reconcile_last)' $LABOUT/hub/metrics.txt | sed 's/^/  hub metrics: /'
   scenario metrics $R13 "hub /metrics scraped (OpenMetrics): bindings accepted $ma (hub log since this process started: $a0..$a1), rejected as revoked $mr (log: $r0..$r1), IKE SAs terminated for revocation $mt (log: $t0..$t1); $(grep '^nhrpbridge_links{' $LABOUT/hub/metrics.txt | tr '\n' ' ');$W13"
+  fi
 
+  if want nat; then
   # ---- 14. nat: spoke4 behind a MASQUERADE router (192.0.2.14 inside, 198.51.100.20 out) --
   # its stack starts only now: the scenarios above count on the three spokes
   echo "T nat-start $(up)"
@@ -754,7 +848,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
     case " $SW4" in *" $k "*) ;; *) R14=FAIL; W14="$W14 spoke4's swanctl lacks $k;";; esac; done
   echo "T nat-done $(up)"
   scenario nat $R14 "hub's cache: '$(echo $C4 | cut -c1-90)' (NBMA $NB4, claimed $CL4); hub binding '$BA4'; hub ESP-in-UDP states from 198.51.100.20: $ENC; pings spoke4->hub $P4H/20, spoke4->spoke1 $P41/30 while the shortcut forms and $L41/20 later (direct spoke1 SAs with the NAT's address: $SC, ESP-in-UDP frames spoke1<->NAT $N0 -> $N1); cleartext GRE to or from the NAT: $CLR; swanctl on the hub: $SWH; on spoke4: $SW4;$W14"
+  fi
 
+  if want nat-rebind; then
   # ---- 16. nat-rebind: the NAT's outside address changes (198.51.100.20 -> .21) ---------
   # as when an LTE or PPPoE router gets a new address: MASQUERADE drops the mappings of the
   # address it loses; spoke4 goes on pinging the hub. PASS: the hub's cache has spoke4 at
@@ -776,6 +872,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
   s4_unanswered() { grep -cE '(dmvpn-198-51-100-1"|"\[[0-9]+\] 198\.51\.100\.1) #[0-9]+: .*No response \(or no acceptable response\) to our [A-Za-z0-9_]+ message' $LABOUT/spoke4/pluto.log; }
   hub_re20() { grep -cE '198\.51\.100\.20 #[0-9]+: [A-Z_0-9]+: retransmission; will wait' $LABOUT/hub/pluto.log; }
   DUPB=$(dups_at_20); UNB=$(s4_unanswered); REB=$(hub_re20)
+  # where each log stood: a run that is not a clear PASS prints what followed
+  M15=""; for f in spoke4/pluto.log hub/pluto.log spoke4/nhrpbridge.log spoke4/nhrpd.log; do
+    M15="$M15 $(wc -l < $LABOUT/$f)"; done
   ip -n labnat addr add 198.51.100.21/24 dev eth0
   ip -n labnat addr del 198.51.100.20/24 dev eth0
   # MASQUERADE's own clean-up of the lost address's mappings is deferred; one run kept
@@ -818,6 +917,15 @@ with urllib.request.urlopen(req, timeout=10) as r:
   else R15=FAIL; W15="$W15 slower than 30 s without a libreswan cause shown;"; fi
   echo "T nat-rebind-done $(up)"
   scenario nat-rebind $R15 "NAT address 198.51.100.20 -> .21: hub's cache at .21 after $DT15 s ('$C15'); nothing at .20 after $DG15 s (still at .20:${STALE:- none}); hub pluto: 'ignoring peer endpoint change' x$IGN, retransmitted answers at .20 x$DUPS, its own requests retransmitted to .20 x$HRE, IKE SAs at .21 $IKE21, frames to .21 $TO21; spoke4 pluto: requests to the hub unanswered x$UNANS;$W15"
+  if [ $R15 != PASS ]; then   # the programs' own account, for a reader of the console
+    set -- $M15
+    tail -n +$(( $1 + 1 )) $LABOUT/spoke4/pluto.log | grep -E '"dmvpn-198-51-100-1"|\] 198\.51\.100\.1 ' |
+      grep -E 'No response|established IKE SA|initiating|deleting|reviv|ESTABLISHED|INVALID|failed' | tail -20 | cut -c1-200 | sed 's/^/  nat-rebind spoke4 pluto: /'
+    tail -n +$(( $2 + 1 )) $LABOUT/hub/pluto.log | grep -E '198\.51\.100\.2[01]' |
+      grep -E 'established|deleting|ignoring|replac|No response|TS_UNACC|failed' | tail -15 | cut -c1-200 | sed 's/^/  nat-rebind hub pluto: /'
+    tail -n +$(( $3 + 1 )) $LABOUT/spoke4/nhrpbridge.log | grep -E 'link-(up|down)|initiate|child-' | tail -12 | cut -c1-200 | sed 's/^/  nat-rebind spoke4 nhrpbridge: /'
+    tail -n +$(( $4 + 1 )) $LABOUT/spoke4/nhrpd.log | grep -E 'NHS|Registration|VICI|vc|VC' | tail -15 | cut -c1-200 | sed 's/^/  nat-rebind spoke4 nhrpd: /'
+  fi
   # the next scenario needs spoke4 at .21: a hub stuck at .20 lets go of it (the operator's
   # remedy), and spoke4, answered no more, comes back from .21 by its liveness check
   if [ -n "$STALE" ]; then
@@ -825,7 +933,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
     waitfor 90 hub_nbma_is 203.0.113.14 198.51.100.21 || echo "  nat-rebind clean-up: spoke4 not back at .21 in 90 s"
     echo "T nat-rebind-cleaned $(up)"
   fi
+  fi
 
+  if want nat-shared; then
   # ---- 17. nat-shared: spoke5 joins spoke4 behind the NAT's one address (.21) ----------
   # nhrpd keys its peers by NBMA address, so two spokes behind one address are one peer to
   # it (FRR issue 8308): expected to fail. What must hold: pluto's two IKE SAs stay two
@@ -876,7 +986,9 @@ with urllib.request.urlopen(req, timeout=10) as r:
   elif [ "$AMB" -ge 1 ]; then R16=XFAIL; W16="$W16 nhrpd keys peers by NBMA address (FRR issue 8308): it asked for both spokes' bindings at one address, and nhrpbridge, unable to tell which peer sent them, rejected them;"
   else R16=FAIL; W16="$W16 not both registered and no ambiguity shown;"; fi
   scenario nat-shared $R16 "spoke5 behind the same NAT address as spoke4: hub IKE SAs at $PORTS; nhrpbridge links at .21: $LINKS(pluto's Child SAs there: $KIDS; judgements naming both IDs: $BOTH); bindings from .21 since: $AC accepted, $RJ rejected ($AMB as ambiguous), accepted on the other's certificate: $WRONG; hub cache .15: '$C5', .14: '$C4'; pings to the hub spoke5 $P5/10, spoke4 $P4/10;$W16"
+  fi
 
+  if want underlay-change; then
   # ---- 18. underlay-change: spoke1's address changes as DHCP would do it ------------------
   # spoke1 runs with `nbma: auto`. nhrpd sees the new tunnel source address and asks to
   # initiate from it (my-host); nhrpbridge makes pluto listen on it and re-adds the conns.
@@ -919,6 +1031,7 @@ with urllib.request.urlopen(req, timeout=10) as r:
   C18=$(hub_has 203.0.113.11 | head -1 | cut -c1-80)
   echo "T underlay-change-done $(up)"
   scenario underlay-change $R18 "spoke1 eth0 198.51.100.11 -> .31 (nbma: auto): hub's cache at .31 after $DT18 s ('$C18'); nothing at .11 after $DG18 s (still:${ST18:- none}); hub IKE SAs at .31 $IK31, kernel SAs with .31 $X31; pings to the hub $P18/10; spoke1 nhrpbridge: '$ML'; per-peer conns with left=.31: $PP;$W18"
+  fi
 
   fi
 
@@ -926,7 +1039,7 @@ with urllib.request.urlopen(req, timeout=10) as r:
   # Reported: the time until the last is in the hub's cache, and the hub's nhrpbridge and
   # nhrpd (RSS, CPU time). PASS: all twelve registered within 180 s, every binding
   # accepted by the hub's policy (each spoke's own address), and the first spokes kept.
-  if [ -n "$SCALE" ]; then
+  if [ -n "$SCALE" ] && want scale; then
   echo "T scale-start $(up)"
   R19=PASS; W19=""
   cpu_of() { set -- $(cut -d')' -f2 /proc/$1/stat); echo $(( (${12} + ${13}) )); }   # ticks
@@ -960,7 +1073,8 @@ with urllib.request.urlopen(req, timeout=10) as r:
   # ---- shut down --------------------------------------------------------------------
   # pluto starts per node (the lab kills spoke1's and spoke2's on purpose; any other
   # restart is a crash, kept in pluto.stdout)
-  echo "PLUTO-STARTS: $(for n in $NODES; do printf '%s=%s ' $n $(grep -c 'Starting Pluto' $LABOUT/$n/pluto.log); done)"
+  echo "PLUTO-STARTS: $(for n in $NODES; do printf '%s=%s ' $n $(grep -c 'Starting Pluto' $LABOUT/$n/pluto.log); done)\
+crashes: $(for n in $NODES; do c=$(grep -acE 'Segmentation fault|EXPECTATION FAILED|ASSERTION FAILED' /tmp/lab/$n/pluto.stdout); [ "$c" = 0 ] || printf '%s=%s ' $n $c; done)"
   # where the guest's one CPU went: per process (long-lived ones), and busy/idle over the run
   ps -eo pid,time,etime,args --sort=-time | cut -c1-170 | head -30 > $LABOUT/ps-cpu.txt
   awk -v up="$(up)" '$1 == "cpu" {printf "GUEST-CPU over %.0f s: user %.0f s, system %.0f s, idle %.0f s\n", up, $2/100, $4/100, $5/100}' /proc/stat | tee -a $LABOUT/ps-cpu.txt
