@@ -386,7 +386,30 @@ for n in sys.argv[3:]:
   [ "$NHWC" = 0 ] || { R20=FAIL; W20="$W20 spoke1's nhrpd lost its NHS link $NHWC times;"; }
   hub_has 203.0.113.11 >/dev/null || { R20=FAIL; W20="$W20 spoke1 left the hub's cache;"; }
   RC=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' /tmp/lab/ping-rc.txt)
-  [ "${RC:-0}" -ge 79 ] || { R20=FAIL; W20="$W20 pings ${RC:-0}/80;"; }
+  # libreswan 5.2, seen in a lab run: the end that answered the other's Child SA rekey
+  # request installed the new SA and sent pings on it, but put its CREATE_CHILD_SA
+  # response on the wire only when the request came again, 2 s later; until then the other
+  # end had no inbound SA for them. An expected failure when that is what pluto's log and
+  # the capture show, the lost pings fit in that wait and everything else held
+  withheld() { # since-function: "SECONDS FROM TO", the longest such wait at that end
+    $1 | awk '/responder rekeyed Child SA/ {split($3, a, ":"); t = a[1]*3600 + a[2]*60 + a[3]; ts = substr($3, 1, 15)}
+      /CREATE_CHILD_SA request has duplicate Message ID [0-9]+; retransmitting response/ && t {
+        split($3, a, ":"); d = a[1]*3600 + a[2]*60 + a[3] - t; t = 0    # (the next one only,
+        if (d > m && d < 8) {m = d; from = ts; to = substr($3, 1, 15)}}      # within the retransmits)
+      END {printf "%.1f %s %s\n", m + 0, from ? from : "-", to ? to : "-"}'; }
+  resp_frames() { # from-ip to-ip t0 t1: IKE responses on the wire between those times
+    tcpdump -nn -tttt -r /tmp/lab/wire.pcap "udp port 500 and src host $1 and dst host $2" 2>/dev/null |
+      awk -v a=$3 -v b=$4 '$2 > a && $2 < b' | grep -c 'child_sa\[I\{0,1\}R\]'; }
+  if [ "${RC:-0}" -lt 79 ]; then
+    set -- $(withheld since_s); WW=$1; WF=$2; WT=$3; WA=198.51.100.11; WB=198.51.100.1; WE=spoke1
+    set -- $(withheld since_h)
+    if awk -v a=$1 -v b=$WW 'BEGIN{exit !(a > b)}'; then WW=$1; WF=$2; WT=$3; WA=198.51.100.1; WB=198.51.100.11; WE=hub; fi
+    FR=$(resp_frames $WA $WB $WF $WT)
+    LOST=$((80 - ${RC:-0}))
+    if [ $R20 = PASS ] && [ "$FR" = 0 ] && awk -v w=$WW -v l=$LOST 'BEGIN{exit !(w >= 1 && l <= w * 4 + 2)}'; then
+      R20=XFAIL; W20="$W20 pings ${RC:-0}/80: libreswan $PV at $WE answered the other end's Child SA rekey at $WF (its new SA in use) and sent that response only at $WT, when the request came again ($FR responses from it on the wire between): $LOST pings in those $WW s had no inbound SA at the other end;"
+    else R20=FAIL; W20="$W20 pings ${RC:-0}/80 (the longest withheld rekey response: $WW s at $WE, $FR responses on the wire in it);"; fi
+  fi
   since_h | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  hub: /' | head -12
   since_s | grep -E 'rekey|TEMPORARY_FAILURE|collision' | cut -c1-200 | sed 's/^/  spoke1: /' | head -12
   scenario rekey-collision $R20 "hub (Child #$HC, IKE #$HI) and spoke1 rekeyed at once: rekeys initiated Child SA hub $HIC spoke1 $SIC, IKE SA hub $HII spoke1 $SII; rekeys completed (log lines) hub $HDONE spoke1 $SDONE; link-downs hub $LDH spoke1 $LDS1; spoke1 nhrpd 'NHS: Waiting link' $NHWC; hub cache '$(hub_has 203.0.113.11 | head -1 | cut -c1-60)'; pings ${RC:-0}/80; whack said: '$(cat /tmp/lab/rk1 /tmp/lab/rk2 /tmp/lab/rk3 /tmp/lab/rk4 2>/dev/null | tr '\n' ' ' | cut -c1-120)';$W20"
