@@ -79,6 +79,7 @@ def build_daemon(cfg: Config, options: Options = Options(), listen: Listen | Non
             ipsec=cfg.ipsec, rundir=cfg.pluto_rundir, ctlsocket=cfg.pluto_ctlsocket,
             binary=find_whack(cfg.ipsec)))
         daemon.controller = controller
+        daemon.ingest.hold_back = controller.hold_back
         daemon.bus.add_sink(controller)
         daemon.reconfigure.append(controller.reconfigure)
         revocation = Revocation(daemon.db, daemon, authorizer)

@@ -43,7 +43,7 @@ from .pluto import (
     reply_code,
     subprocess_runner,
 )
-from .sa import Event, Reconcile
+from .sa import ChildUp, Event, Reconcile
 from .sadb import SaDatabase
 
 __all__ = ["TRANSIENT", "PlutoController"]
@@ -95,6 +95,8 @@ class PlutoController(Initiating):
         self._states: asyncio.Task[list[PlutoState]] | None = None
         self.terminate_confirm = TERMINATE_CONFIRM
         self._recheck: asyncio.Task[None] | None = None
+        self._rechecked: set[int] = set()      # held Child SAs a reconciliation looked at
+        self._wake_ingest: Callable[[], None] = lambda: None
 
     def reconfigure(self, cfg: Config) -> None:
         """A reload: timeouts, per-peer modes and the libreswan version take effect now."""
@@ -197,13 +199,34 @@ class PlutoController(Initiating):
         if msg.get("kind") == "replace-wait" and (self._recheck is None or self._recheck.done()):
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_held())
 
-    async def _recheck_held(self) -> None:
+    async def _recheck_held(self, delay: float = RECHECK_HELD) -> None:
         """A held link whose IKE SA is gone is down for real (the peer deleted it, or pluto
         dropped it): without the log follower only whack says so, and the peer's nhrpd
         re-registers only if it sees its link go down, however fast the new SA comes
         (lab: hub's registration recovery, new SA 4.6 s later, inside the 5 s hold)."""
-        await asyncio.sleep(RECHECK_HELD)
+        await asyncio.sleep(delay)
+        looked = set(self.db.held)
         await self._quiet_reconcile()
+        self._rechecked = (self._rechecked | looked) & set(self.db.held)
+        self._wake_ingest()
+
+    def hold_back(self, change: Any, wake: Callable[[], None]) -> bool:
+        """Should the spool wait with this hook record until whack was asked?
+
+        A new Child SA from the hook (no serial, no IKE SA) ends a held one as its
+        replacement (sadb rule 5), with the link kept up. That is right when pluto
+        replaced the Child SA on the same IKE SA, wrong when the IKE SA is gone (the peer
+        deleted it): its nhrpd then needs the link down. Without the log follower only a
+        reconciliation tells the two apart, and it must come first (a debian12 run: the
+        recheck's whack ran 1 s late on the busy guest, the new SA came 2 s after the
+        hold, and spoke2 registered again with the hub only 55 s later)."""
+        held = self.db.held_for(change) if isinstance(change, ChildUp) else set()
+        if not held or held <= self._rechecked:
+            return False
+        self._wake_ingest = wake
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_held(0.0))
+        return True
 
     # ---- links to the NHS: kept up while nhrpd wants them
 

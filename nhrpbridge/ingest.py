@@ -47,6 +47,9 @@ class Ingestor:
                  wake: asyncio.Event, stats: dict[str, int]):
         self.spool = spool
         self.apply = apply
+        # the pluto controller's: True = this record and the later ones wait; it calls
+        # its second argument when they may go on
+        self.hold_back: Callable[[Any, Callable[[], None]], bool] = lambda _c, _w: False
         self.monotonic = monotonic
         self.wake = wake
         self.stats = stats
@@ -135,8 +138,15 @@ class Ingestor:
             try:
                 env = decode_record(data)
                 change = parse_updown_env(env)
-                events = self.apply(change, written) if change is not None else []
             except Exception as exc:  # noqa: BLE001 - RecordError, or what a crafted record raises
+                self._set_aside(name, exc)
+                continue
+            if change is not None and self.hold_back(change, self.wake.set):
+                self._blocked = names[i:]           # in order, once the controller says
+                break
+            try:
+                events = self.apply(change, written) if change is not None else []
+            except Exception as exc:  # noqa: BLE001 - what a crafted record raises
                 self._set_aside(name, exc)
                 continue
             self._on_disk.add(name)

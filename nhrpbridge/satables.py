@@ -123,6 +123,15 @@ class SaTables:
             dict(rc.known).get(ike.uniqueid) == ike.serial
             or not 0 <= now - max(ike.established, ike.rekeyed) < rc.grace)
 
+    def held_for(self, up: ChildUp) -> set[int]:
+        """The held Child SAs a hook's new Child SA (no serial) would end as their
+        replacement: same connection, local and remote host (sadb rule 5)."""
+        if up.serial is not None:
+            return set()
+        return {u for u in self.held if (c := self.child_sas.get(u)) is not None
+                and (c.connection, c.local_host, c.remote_host)
+                == (up.connection, up.local_host, up.remote_host)}
+
     def unnamed_twin(self, up: ChildUp) -> bool:
         """Is `up` whack's view, without SPIs, of a Child SA only the hook reported?
 

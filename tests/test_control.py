@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import DATA, DaemonProc, until, wait_until
+from conftest import DATA, DaemonProc, until, up_env, wait_until, write_record
 
 from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config, ConnConfig
@@ -540,3 +540,69 @@ def test_state_reads_at_the_same_time_share_one_showstates(tmp_path):
         await ctl.states()                                # later: a new one
     asyncio.run(scenario())
     assert len(runner.named("--showstates")) == 2
+
+
+def _view(ike, child, spi_peer, spi_me, peer="198.51.100.11"):
+    """whack 4.10's --showstates and --trafficstatus with one IKE SA and its Child SA."""
+    ss = (f'000 #{ike}: "dmvpn"[2] {peer}:500 STATE_V2_ESTABLISHED_IKE_SA (established IKE SA);'
+          ' newest; idle;\n'
+          f'000 #{child}: "dmvpn"[2] {peer}:500 STATE_V2_ESTABLISHED_CHILD_SA (IPsec SA '
+          f'established); newest; eroute owner; IKE SA #{ike}; idle;\n'
+          f'000 #{child}: "dmvpn"[2] {peer} esp.{spi_peer}@{peer} esp.{spi_me}@198.51.100.1 '
+          'Traffic: ESPin=0B ESPout=0B ESPmax=2^63B\n')
+    ts = (f'006 #{child}: "dmvpn"[2] {peer}, type=ESP, add_time=1, inBytes=0, outBytes=0, '
+          f"maxBytes=2^63B, id='@{peer}'\n")
+    return ss, ts
+
+
+class Kinds:
+    """A bus sink keeping the kinds of the events published."""
+
+    def __init__(self):
+        self.kinds = []
+
+    def push_event(self, ev):
+        self.kinds.append(ev.kind)
+
+    def push_notice(self, msg):
+        pass
+
+
+@pytest.mark.parametrize("same_ike", [False, True])
+def test_a_hook_only_replacement_waits_for_whack_to_tell_a_new_ike_sa(tmp_path, same_ike):
+    """debian12 lab, restarts, spoke2 (no log follower): the hub deleted its IKE SA, the
+    hook's down-host was held (sadb rule 5) and the hook's Child SA on the new IKE SA, 2 s
+    later, came before the recheck's whack: it took the link over, spoke2's nhrpd never saw
+    the link go down and registered again 55 s late. Now that hook record waits for whack:
+    a new IKE SA brings the link down and up; pluto's replacement on the same IKE SA does
+    not flap it."""
+    runner = RecordingWhack()
+    runner.showstates, runner.traffic = _view(1, 2, "0000a001", "0000b001")
+    d, ctl = make(tmp_path, runner, replace_hold=5.0)
+    d.ingest.hold_back = ctl.hold_back
+    seen = Kinds()
+    d.bus.add_sink(seen)
+    spool = d.spool.path
+
+    async def scenario():
+        write_record(spool, 1, up_env(spi_in="0xa001", spi_out="0xb001"))
+        d.ingest_once()
+        await ctl.reconcile()
+        assert [c.serial for c in d.db.child_sas.values()] == [2]
+        write_record(spool, 2, up_env(verb="down-host", spi_in="0xa001", spi_out="0xb001"))
+        d.ingest_once()
+        assert d.db.held and "link-down" not in seen.kinds
+        runner.showstates, runner.traffic = _view(1 if same_ike else 5, 6, "0000a002", "0000b002")
+        write_record(spool, 3, up_env(spi_in="0xa002", spi_out="0xb002"))
+        assert d.ingest_once() == 0                 # waits for whack
+        await until(lambda: not d.db.held, what="the held Child SA settled")
+        d.ingest_once()
+        (link,) = d.db.links.values()
+        return len(link.children)
+
+    assert asyncio.run(scenario()) == 1
+    tail = seen.kinds[seen.kinds.index("link-up") + 1:]
+    if same_ike:
+        assert "link-down" not in tail
+    else:
+        assert tail.index("link-down") < tail.index("link-up")
