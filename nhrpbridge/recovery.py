@@ -13,8 +13,12 @@ Strategy:
   state.json, so a crash does not forget it, and it stays one when its link goes down
   here: the link the hub saw die may not be the one the spoke uses (a duplicate IKE SA
   timing out, seen in the lab), and the spoke then never registers again by itself.
-  A peer without a live link is simply not terminated; the set keeps the newest
-  MAX_REGISTRANTS peers.
+  A peer without a live link then is watched for WATCH_LATER s: if its link comes up and
+  it has not registered `grace` s later, it is terminated too (a link the hub saw come
+  back is not always one the spoke saw go down: in a debian13 lab run the hub's IKE SA
+  died by liveness while the spoke's pluto replaced its Child SA on another IKE SA within
+  the spoke's replace-hold, and its nhrpd registered again only 124 s later). The set
+  keeps the newest MAX_REGISTRANTS peers.
 - nhrpd's new session is the moment a connection from nhrpd's user (or root) that was
   not handed over registers for `child-state-installed` (only nhrpd asks for it).
 - Once nhrpd is connected to the event socket too (or after EVENT_WAIT), and after
@@ -38,13 +42,15 @@ from .bus import Control
 from .errors import ControlError
 from .sadb import SaDatabase
 
-__all__ = ["EVENT_WAIT", "MAX_REGISTRANTS", "PARALLEL", "Recovery"]
+__all__ = ["EVENT_WAIT", "MAX_REGISTRANTS", "PARALLEL", "WATCH_LATER", "Recovery"]
 
 log = logging.getLogger("nhrpbridge.recovery")
 EVENT_WAIT = 30.0       # nhrpd retries its event socket every 10 s; then go anyway
 PARALLEL = 8            # terminates at once (each is a few whack calls; a slow pluto
                         # took 10 s for one in the lab: one at a time adds them up)
 MAX_REGISTRANTS = 65536  # peers remembered (state.json stays bounded under NBMA churn)
+WATCH_LATER = 300.0     # registrants without a live link at the recovery: watched this long
+WATCH_STEP = 1.0        # ... looked at this often
 
 
 class Recovery:
@@ -65,6 +71,8 @@ class Recovery:
         self.event_clients = 0
         self._events_back = asyncio.Event()     # set while nhrpd is connected to it
         self._task: asyncio.Task[None] | None = None
+        self._later: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(PARALLEL)
         self.stats = {"sessions": 0, "terminated": 0, "failed": 0}
 
     def registrants(self) -> dict[str, str]:
@@ -102,8 +110,9 @@ class Recovery:
         """nhrpd's new VICI session: every registration it had is gone."""
         self.stats["sessions"] += 1
         self.fresh.clear()
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._later):
+            if task is not None:
+                task.cancel()
         if self.grace <= 0 or not self.registrants():
             return
         self._task = asyncio.get_running_loop().create_task(self._recover())
@@ -129,20 +138,42 @@ class Recovery:
                     "registrations); of %d peers registered before, %d registered again by "
                     "themselves, %d with live links are terminated so that they register now",
                     known, len(self.fresh), len(stale))
-        slots = asyncio.Semaphore(PARALLEL)
-
-        async def terminate(nbma: str, conn: str) -> None:
-            async with slots:
-                if nbma in self.fresh:      # it registered while the others were terminated
-                    return
-                try:
-                    await self.control.terminate(conn, nbma, None)
-                    self.stats["terminated"] += 1
-                    log.info("registration recovery: %s %s terminated", conn, nbma)
-                except ControlError as exc:
-                    self.stats["failed"] += 1
-                    log.warning("registration recovery: terminating %s %s failed: %s",
-                                conn, nbma, exc)
-        await asyncio.gather(*(terminate(nbma, conn) for nbma, conn in stale))
+        self._slots = asyncio.Semaphore(PARALLEL)       # (this loop's)
+        later = {nbma: conn for nbma, conn in sorted(self.registrants().items())
+                 if nbma not in self.fresh and not self._up(nbma)}
+        if later:
+            self._later = asyncio.get_running_loop().create_task(self._watch(later))
+        await asyncio.gather(*(self._terminate(nbma, conn) for nbma, conn in stale))
         log.info("registration recovery done %.1f s after nhrpd's new session",
                  self.monotonic() - t0)
+
+    async def _terminate(self, nbma: str, conn: str) -> None:
+        async with self._slots:
+            if nbma in self.fresh:          # it registered while the others were terminated
+                return
+            try:
+                await self.control.terminate(conn, nbma, None)
+                self.stats["terminated"] += 1
+                log.info("registration recovery: %s %s terminated", conn, nbma)
+            except ControlError as exc:
+                self.stats["failed"] += 1
+                log.warning("registration recovery: terminating %s %s failed: %s",
+                            conn, nbma, exc)
+
+    async def _watch(self, later: dict[str, str]) -> None:
+        """Registrants whose link was down at the recovery: one whose link comes up and
+        that has not registered `grace` s later is terminated as the others were."""
+        deadline, since = self.monotonic() + WATCH_LATER, dict[str, float]()
+        while later and self.monotonic() < deadline:
+            await asyncio.sleep(WATCH_STEP)
+            now = self.monotonic()
+            for nbma, conn in list(later.items()):
+                if nbma in self.fresh or not self._up(nbma):
+                    since.pop(nbma, None)
+                    if nbma in self.fresh:
+                        del later[nbma]
+                elif now - since.setdefault(nbma, now) >= self.grace:
+                    del later[nbma]
+                    log.warning("registration recovery: %s %s: its link came back and it has "
+                                "not registered again", conn, nbma)
+                    await self._terminate(nbma, conn)

@@ -8,6 +8,7 @@ from conftest import run_hook, until, up_env, wait_until
 from memory import MemoryDaemon
 from test_nhrp_events import block, replies
 
+from nhrpbridge import recovery
 from nhrpbridge.assemble import Options
 from nhrpbridge.config import Config
 from nhrpbridge.errors import ControlError
@@ -276,3 +277,29 @@ def test_recover_registrations_is_a_checked_field(tmp_path):
         load_config(p)
     assert "vici.recover-registrations" in str(exc.value) and "'soon' is not a number" \
         in str(exc.value)
+
+
+def test_a_registrant_whose_link_comes_back_later_and_stays_silent_is_terminated(monkeypatch):
+    """debian13 lab, restarts: spoke1's link was down when the recovery ran (the hub's IKE
+    SA had died by liveness) and came back 16 s later on an IKE SA the spoke had kept, its
+    Child SA replaced within its hold: the spoke's nhrpd saw no link go down and registered
+    again only 124 s after the kill. Such a registrant is watched; one that registers by
+    itself is left alone."""
+    monkeypatch.setattr(recovery, "WATCH_STEP", 0.02)
+    db, control, state, _, rec = make()
+
+    async def scenario():
+        for peer in (S1, S2):
+            rec.registered(peer, "dmvpn", HUB_BLOCK)     # both links down here now
+        rec.event_socket(True)
+        rec.vici_session()
+        await until(lambda: rec._task.done(), what="recovery")
+        assert control.calls == []                      # no live link: nothing to terminate
+        up(db, S1, 0x100)
+        up(db, S2, 0x200)
+        rec.registered(S2, "dmvpn", HUB_BLOCK)          # S2 registers by itself
+        await until(lambda: control.calls, what="S1 terminated")
+        await asyncio.sleep(0.2)
+        rec._later.cancel()
+    asyncio.run(scenario())
+    assert control.calls == [("dmvpn", S1, None)]
