@@ -13,7 +13,7 @@ from nhrpbridge.client import ApiClient
 from nhrpbridge.config import Config, ConnConfig
 from nhrpbridge.control import PlutoController
 from nhrpbridge.daemon import Daemon
-from nhrpbridge.errors import ControlError, PlutoError
+from nhrpbridge.errors import ControlError, ErrorCode, PlutoError
 from nhrpbridge.pluto import Result, Whack
 from nhrpbridge.sa import ChildUp
 
@@ -606,3 +606,25 @@ def test_a_hook_only_replacement_waits_for_whack_to_tell_a_new_ike_sa(tmp_path, 
         assert "link-down" not in tail
     else:
         assert tail.index("link-down") < tail.index("link-up")
+
+
+def test_a_4x_delete_whack_does_not_answer_and_the_peer_id_delete_follows(tmp_path):
+    """debian12 lab, nat-rebind clean-up: `whack --deletestate` of an IKE SA whose peer had
+    moved behind its NAT stayed 30 s without an answer, the terminate failed, and the stale
+    SA stayed. Now the whack wait is the confirmation time and the peer-ID delete follows."""
+    class Unanswered(RecordingWhack):
+        async def __call__(self, argv, timeout):
+            if "--deletestate" in argv:
+                self.calls.append(argv)
+                raise PlutoError(f"{' '.join(argv[:4])}... did not answer within {timeout:g} s",
+                                 ErrorCode.TIMEOUT)
+            return await super().__call__(argv, timeout)
+
+    runner = Unanswered(showstates=(DATA / "showstates-4.10.txt").read_text(),
+                        traffic=(DATA / "trafficstatus-4.10.txt").read_text())
+    d, ctl = make(tmp_path, runner)
+    ctl.terminate_confirm = 0.3
+    asyncio.run(ctl.reconcile())
+    peer_id = next(i.remote_id for i in d.db.ike_sas.values() if i.serial == 1)
+    assert asyncio.run(ctl.terminate("dmvpn", "198.51.100.11")) == {"terminated": 1, "forced": 1}
+    assert runner.named("--deleteid") == [["ipsec", "whack", "--deleteid", "--name", peer_id]]
