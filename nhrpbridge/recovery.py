@@ -13,8 +13,9 @@ Strategy:
   state.json, so a crash does not forget it, and it stays one when its link goes down
   here: the link the hub saw die may not be the one the spoke uses (a duplicate IKE SA
   timing out, seen in the lab), and the spoke then never registers again by itself.
-  A peer without a live link then is watched for WATCH_LATER s: if its link comes up and
-  it has not registered `grace` s later, it is terminated too (a link the hub saw come
+  A peer without a live link then, and one terminated that does not register, is watched
+  for WATCH_LATER s: if its link is up and it has not registered `grace` s later, it is
+  terminated (again, once; a link the hub saw come
   back is not always one the spoke saw go down: in a debian13 lab run the hub's IKE SA
   died by liveness while the spoke's pluto replaced its Child SA on another IKE SA within
   the spoke's replace-hold, and its nhrpd registered again only 124 s later). The set
@@ -141,11 +142,14 @@ class Recovery:
         self._slots = asyncio.Semaphore(PARALLEL)       # (this loop's)
         later = {nbma: conn for nbma, conn in sorted(self.registrants().items())
                  if nbma not in self.fresh and not self._up(nbma)}
-        if later:
-            self._later = asyncio.get_running_loop().create_task(self._watch(later))
         await asyncio.gather(*(self._terminate(nbma, conn) for nbma, conn in stale))
         log.info("registration recovery done %.1f s after nhrpd's new session",
                  self.monotonic() - t0)
+        # the terminated too: a spoke whose nhrpd still saw no link go down (a debian12 PSK
+        # run: spoke2 had a second Child SA on the link, from a rekey, when its IKE SA went)
+        later.update((nbma, conn) for nbma, conn in stale if nbma not in self.fresh)
+        if later:
+            self._later = asyncio.get_running_loop().create_task(self._watch(later))
 
     async def _terminate(self, nbma: str, conn: str) -> None:
         async with self._slots:
@@ -174,6 +178,6 @@ class Recovery:
                         del later[nbma]
                 elif now - since.setdefault(nbma, now) >= self.grace:
                     del later[nbma]
-                    log.warning("registration recovery: %s %s: its link came back and it has "
-                                "not registered again", conn, nbma)
+                    log.warning("registration recovery: %s %s: its link is up again and it "
+                                "has not registered again", conn, nbma)
                     await self._terminate(nbma, conn)

@@ -303,3 +303,28 @@ def test_a_registrant_whose_link_comes_back_later_and_stays_silent_is_terminated
         rec._later.cancel()
     asyncio.run(scenario())
     assert control.calls == [("dmvpn", S1, None)]
+
+
+def test_a_terminated_registrant_that_still_does_not_register_is_terminated_once_more(
+        monkeypatch):
+    """debian12 PSK lab run, restarts: spoke2's link on the hub went down and came back
+    after its terminate, but spoke2 had a second Child SA on the link (a rekey's) when its
+    IKE SA went, its nhrpd never saw the link at zero and did not register for 140 s. A
+    terminated registrant that stays silent with its link up is terminated once more."""
+    monkeypatch.setattr(recovery, "WATCH_STEP", 0.02)
+    db, control, state, _, rec = make()
+
+    async def scenario():
+        for i, peer in enumerate((S1, S2)):
+            up(db, peer, 0x100 * (i + 1))
+            rec.registered(peer, "dmvpn", HUB_BLOCK)
+        rec.event_socket(True)
+        rec.vici_session()
+        await until(lambda: rec._task.done(), what="recovery")
+        assert len(control.calls) == 2
+        rec.registered(S1, "dmvpn", HUB_BLOCK)          # S1 registers after its terminate
+        await until(lambda: len(control.calls) == 3, what="S2 terminated again")
+        await asyncio.sleep(0.3)                        # (no third terminate of S2)
+        rec._later.cancel()
+    asyncio.run(scenario())
+    assert control.calls == [("dmvpn", S1, None), ("dmvpn", S2, None), ("dmvpn", S2, None)]
