@@ -48,6 +48,16 @@ def make(grace=0.05, event_socket=True, event_wait=5.0, fail=frozenset()):
     return db, control, state, touched, rec
 
 
+async def registered_then_recovered(db, rec, peers):
+    """Peers with live links registered; nhrpd's new session; the recovery's first pass."""
+    for i, peer in enumerate(peers):
+        up(db, peer, 0x100 * (i + 1))
+        rec.registered(peer, "dmvpn", HUB_BLOCK)
+    rec.event_socket(True)
+    rec.vici_session()
+    await until(lambda: rec._task.done(), what="recovery")
+
+
 def test_only_registrations_at_a_hub_make_registrants():
     db, _, state, touched, rec = make()
     rec.registered(S1, "dmvpn", HUB_BLOCK)
@@ -108,14 +118,7 @@ def test_without_the_event_socket_it_goes_on_after_the_wait(caplog):
 def test_a_failed_terminate_is_logged_and_the_others_go_on(caplog):
     db, control, _, _, rec = make(fail={S1})
 
-    async def scenario():
-        for i, peer in enumerate((S1, S2)):
-            up(db, peer, 0x100 * (i + 1))
-            rec.registered(peer, "dmvpn", HUB_BLOCK)
-        rec.event_socket(True)
-        rec.vici_session()
-        await until(lambda: rec._task.done(), what="recovery")
-    asyncio.run(scenario())
+    asyncio.run(registered_then_recovered(db, rec, (S1, S2)))
     assert [c[1] for c in control.calls] == [S1, S2]
     assert rec.stats["failed"] == 1 and rec.stats["terminated"] == 1
     assert f"terminating dmvpn {S1} failed: whack failed for {S1}" in caplog.text
@@ -315,12 +318,7 @@ def test_a_terminated_registrant_that_still_does_not_register_is_terminated_once
     db, control, state, _, rec = make()
 
     async def scenario():
-        for i, peer in enumerate((S1, S2)):
-            up(db, peer, 0x100 * (i + 1))
-            rec.registered(peer, "dmvpn", HUB_BLOCK)
-        rec.event_socket(True)
-        rec.vici_session()
-        await until(lambda: rec._task.done(), what="recovery")
+        await registered_then_recovered(db, rec, (S1, S2))
         assert len(control.calls) == 2
         rec.registered(S1, "dmvpn", HUB_BLOCK)          # S1 registers after its terminate
         await until(lambda: len(control.calls) == 3, what="S2 terminated again")
