@@ -1,6 +1,7 @@
 #!/bin/bash
 # make lab: the real DMVPN lab. One user-mode-linux guest runs a hub and three spokes, and a
-# fourth and fifth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each); eighteen scenarios.
+# fourth and fifth behind a NAT router (libreswan pluto + nhrpbridge + FRR zebra/nhrpd each), and in
+# PSK runs a second hub; 19 scenarios per certificate run, 9 per PSK run.
 # Usage: lab/run-lab.sh [--flavour debian12|debian13|all] [--auth cert|psk|all]
 #                       [--repeat N] [--keep] [--serial]
 #                       [--timeout SECS] [--no-install] [--record-updown]
