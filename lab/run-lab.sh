@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
     --only)
       case "$2" in *[!a-z0-9,-]*|"") echo "run-lab.sh: --only takes scenario names separated by commas, not '$2'" >&2; exit 2;; esac
       ONLY=$2; shift;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0;;
     *) echo "run-lab.sh: unknown argument $1" >&2; exit 2;;
   esac; shift
 done
