@@ -323,48 +323,42 @@ class PlutoController(Initiating):
                     raise
                 log.warning("%s (its Delete waits for the peer): checking it is gone", exc)
         # (4.x only: the stuck queue was seen there; 5.2 deleted at once in every lab run)
-        forced = await self._force_gone(ids) if ids and self.whack.version[0] < 5 else 0
+        forced = await self._force_gone(ids) if ids and old else 0
         await self._quiet_reconcile()
         return {"terminated": len(calls), **({"forced": forced} if forced else {})}
+
+    async def _still(self, which: Callable[[PlutoState], bool]) -> list[PlutoState]:
+        """pluto's states for which `which` holds after TERMINATE_CONFIRM s, or none as
+        soon as there are none (or pluto is gone: so are its SAs)."""
+        deadline = self.clock() + self.terminate_confirm
+        while True:
+            try:
+                left = [s for s in await self.states() if which(s)]
+            except PlutoError:
+                return []
+            if not left or self.clock() >= deadline:
+                return left
+            await asyncio.sleep(0.5)
 
     async def _settle(self, serials: list[int]) -> None:
         """Wait (up to TERMINATE_CONFIRM s) until pluto lists these IKE SAs as established
         or no more. pluto 5.2 logs `established IKE SA` in the middle of a responder's
         IKE_AUTH; deleted before that exchange ends, it crashed (a lab run: a revoked
         spoke's new IKE SA terminated at once took the hub's pluto, and every SA, down)."""
-        deadline = self.clock() + self.terminate_confirm
-        while True:
-            try:
-                busy = [s for s in await self.states() if s.serial in serials and not s.established]
-            except PlutoError:                  # pluto gone: the delete will say so
-                return
-            if not busy:
-                return
-            if self.clock() >= deadline:
-                log.warning("deleting IKE SA %s although pluto still has it in %s after %.0f s",
-                            ", ".join(f"#{s.serial}" for s in busy), busy[0].name,
-                            self.terminate_confirm)
-                return
-            log.debug("IKE SA %s in %s: its delete waits for the exchange to end",
-                      ", ".join(f"#{s.serial}" for s in busy), busy[0].name)
-            await asyncio.sleep(0.5)
+        busy = await self._still(lambda s: s.serial in serials and not s.established)
+        if busy:
+            log.warning("deleting IKE SA %s although pluto still has it in %s after %.0f s",
+                        ", ".join(f"#{s.serial}" for s in busy), busy[0].name,
+                        self.terminate_confirm)
 
     async def _force_gone(self, ids: dict[int, str]) -> int:
         """A deleted IKE SA that pluto still has after TERMINATE_CONFIRM s is deleted by its
         peer ID. pluto 4.10 queues a Delete behind the IKE SA's other exchanges, and a
         queue stuck behind a lost response never moves (seen in the lab: an IKE SA kept
         46 s, until the peer rekeyed it, and registration recovery missed that spoke)."""
-        deadline = self.clock() + self.terminate_confirm
-        while True:
-            try:
-                left = {s.serial for s in await self.states() if s.serial in ids}
-            except PlutoError:                  # pluto gone: so are its SAs
-                return 0
-            if not left:
-                return 0
-            if self.clock() >= deadline:
-                break
-            await asyncio.sleep(0.5)
+        left = {s.serial for s in await self._still(lambda s: s.serial in ids)}
+        if not left:
+            return 0
         forced = 0
         for peer_id in sorted({ids[n] for n in left}):
             stuck = ", ".join(f"#{n}" for n in sorted(left) if ids[n] == peer_id)

@@ -172,10 +172,10 @@ class Recovery:
             await asyncio.sleep(WATCH_STEP)
             now = self.monotonic()
             for nbma, conn in list(later.items()):
-                if nbma in self.fresh or not self._up(nbma):
+                if nbma in self.fresh:
+                    del later[nbma]
+                elif not self._up(nbma):
                     since.pop(nbma, None)
-                    if nbma in self.fresh:
-                        del later[nbma]
                 elif now - since.setdefault(nbma, now) >= self.grace:
                     del later[nbma]
                     log.warning("registration recovery: %s %s: its link is up again and it "
